@@ -1,0 +1,178 @@
+"""One axes vocabulary (``S T C Z Y X``) and the conversions to the model layout.
+
+Every public function takes an ``axes`` string such as ``"YX"``, ``"ZYX"``,
+``"TYX"``, ``"SCZYX"`` or ``"YXC"``. Internally images are handled in the
+*model layout* ``(N, [Z,] Y, X, C)``: channels last (what Flax convolutions
+expect) and every sample/time point folded into the leading batch axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserInputError
+
+VOCABULARY = "STCZYX"
+_BATCH_AXES = "ST"
+
+
+def validate_axes(axes: str, ndim: int | None = None) -> str:
+    """Check an axes string and return it upper-cased.
+
+    Parameters
+    ----------
+    axes : str
+        Letters from ``S T C Z Y X``, one per array dimension, in array order.
+    ndim : int, optional
+        Number of dimensions of the image the axes describe.
+
+    Returns
+    -------
+    str
+        The validated, upper-case axes string.
+
+    Raises
+    ------
+    UserInputError
+        If a letter is unknown or repeated, Y or X is missing, or the length
+        differs from ``ndim``.
+    """
+    if not isinstance(axes, str) or not axes:
+        raise UserInputError(
+            "Axes must be a non-empty string of letters from S T C Z Y X, e.g. 'YX' or 'ZYX'."
+        )
+    axes = axes.upper()
+    unknown = sorted(set(axes) - set(VOCABULARY))
+    if unknown:
+        raise UserInputError(
+            f"Axes '{axes}' contain unknown letter(s) {', '.join(unknown)}; "
+            "use only S (sample), T (time), C (channel), Z, Y and X."
+        )
+    repeated = sorted({a for a in axes if axes.count(a) > 1})
+    if repeated:
+        raise UserInputError(f"Axes '{axes}' repeat {', '.join(repeated)}; give each axis once.")
+    if "Y" not in axes or "X" not in axes:
+        raise UserInputError(f"Axes '{axes}' must contain both Y and X.")
+    if ndim is not None and len(axes) != ndim:
+        raise UserInputError(
+            f"Axes '{axes}' name {len(axes)} dimension(s) but the image has {ndim}; "
+            "give one letter per image dimension."
+        )
+    return axes
+
+
+def spatial_dims(axes: str) -> int:
+    """Return 3 when ``axes`` contains Z, else 2."""
+    return 3 if "Z" in axes.upper() else 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an image in user axes maps to the model layout and back.
+
+    Attributes
+    ----------
+    axes : str
+        The user's axes, validated.
+    shape : tuple of int
+        The user's array shape.
+    """
+
+    axes: str
+    shape: tuple
+
+    @property
+    def _order(self) -> list[int]:
+        # S T [Z] Y X C: batch axes first, channels last.
+        wanted = [a for a in "STZYXC" if a in self.axes]
+        return [self.axes.index(a) for a in wanted]
+
+    @property
+    def batch_shape(self) -> tuple:
+        return tuple(self.shape[self.axes.index(a)] for a in _BATCH_AXES if a in self.axes)
+
+    @property
+    def spatial_shape(self) -> tuple:
+        return tuple(self.shape[self.axes.index(a)] for a in "ZYX" if a in self.axes)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    def to_model(self, image: np.ndarray) -> np.ndarray:
+        """Return ``image`` as ``(N, [Z,] Y, X, C)`` (a view where possible)."""
+        moved = np.transpose(image, self._order)
+        n = int(np.prod(self.batch_shape, dtype=np.int64))
+        return moved.reshape((n, *self.spatial_shape, self.channels))
+
+    def from_model(self, array: np.ndarray) -> tuple[np.ndarray, str]:
+        """Return a model-layout array in the user's layout.
+
+        Parameters
+        ----------
+        array : ndarray, shape (N, [Z,] Y, X, C_out)
+            Model output; ``C_out`` may differ from the input's channel count.
+
+        Returns
+        -------
+        image : ndarray
+            The array in the user's axes order.
+        axes : str
+            Its axes: the user's, plus a trailing ``C`` when the input had no
+            channel axis but the output has several channels.
+        """
+        c_out = array.shape[-1]
+        axes = self.axes
+        if "C" not in axes and c_out > 1:
+            axes = axes + "C"
+        order = [a for a in "STZYX" if a in axes] + ["C"]
+        sizes = {a: self.shape[self.axes.index(a)] for a in self.axes}
+        out = array.reshape([sizes[a] for a in order[:-1]] + [c_out])
+        if "C" not in axes:
+            out, order = out[..., 0], order[:-1]
+        out = np.transpose(out, [order.index(a) for a in axes])
+        return out, axes
+
+
+def check_image(image, axes: str, *, name: str = "image", min_size: int = 4) -> tuple[np.ndarray, Layout]:
+    """Validate an image and its axes before any work is done.
+
+    Parameters
+    ----------
+    image : array_like
+        Real-valued image (integers or floats).
+    axes : str
+        Its axes.
+    name : str
+        How messages refer to the image.
+    min_size : int
+        Smallest accepted extent of Z, Y and X.
+
+    Returns
+    -------
+    image : ndarray
+        The same data as an array (never a modified copy).
+    layout : Layout
+    """
+    image = np.asarray(image)
+    if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise UserInputError(
+            f"The {name} has data type {image.dtype}; give a real-valued integer or float image "
+            "(convert complex data to magnitudes and masks to numbers first)."
+        )
+    if image.size == 0:
+        raise UserInputError(f"The {name} is empty (shape {image.shape}); give an image with pixels.")
+    axes = validate_axes(axes, image.ndim)
+    layout = Layout(axes, tuple(image.shape))
+    small = [f"{a}={image.shape[axes.index(a)]}" for a in "ZYX" if a in axes and image.shape[axes.index(a)] < min_size]
+    if small:
+        raise UserInputError(
+            f"The {name} is too small along {', '.join(small)}; give at least {min_size} pixels along Z, Y and X."
+        )
+    if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
+        raise UserInputError(
+            f"The {name} contains NaN or infinite values; replace them (e.g. with the median) before denoising."
+        )
+    return image, layout

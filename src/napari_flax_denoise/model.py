@@ -1,0 +1,185 @@
+"""The U-Net denoiser (Flax NNX), one class for 2D and 3D.
+
+Encoder stages are conv + ReLU blocks followed by max-pooling, as in the
+classic CNN the project grew from, but the network maps an image to an image:
+a decoder upsamples back and (optionally) adds the encoder's features through
+skip connections. The N2V2 variant (``blurpool=True``) replaces max-pool by
+max-blur-pool and drops the top-level skip connection, which removes the
+checkerboard artefacts of plain Noise2Void.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import Config
+
+_KERNEL_INIT = jax.nn.initializers.he_normal()
+
+
+def conv(x: jax.Array, layer: nnx.Conv, parts=None) -> jax.Array:
+    """Apply a 'SAME' convolution ``layer`` to ``x``, or to the channel-concatenation of ``parts``.
+
+    Convolving each part with its slice of the kernel and summing gives the
+    same result as concatenating first, without materialising the
+    concatenation (a large memory copy on CPU).
+    """
+    dims = layer.kernel.ndim - 2
+    spatial = "DHW"[3 - dims:]
+    spec = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    kernel = layer.kernel[...]
+    out, start = None, 0
+    for part in (x,) if parts is None else parts:
+        stop = start + part.shape[-1]
+        term = jax.lax.conv_general_dilated(part, kernel[..., start:stop, :], (1,) * dims, "SAME",
+                                            dimension_numbers=spec)
+        out, start = term if out is None else out + term, stop
+    return out + layer.bias[...]
+
+
+class ConvBlock(nnx.Module):
+    """Two 3x3(x3) convolutions, each followed by ReLU.
+
+    Parameters
+    ----------
+    dims : int
+        Spatial dimensions (2 or 3).
+    in_features, mid_features, out_features : int
+        Channels before, between and after the two convolutions.
+    rngs : nnx.Rngs
+    """
+
+    def __init__(self, dims: int, in_features: int, mid_features: int, out_features: int, *, rngs):
+        kernel = (3,) * dims
+        self.conv1 = nnx.Conv(in_features, mid_features, kernel, kernel_init=_KERNEL_INIT, rngs=rngs)
+        self.conv2 = nnx.Conv(mid_features, out_features, kernel, kernel_init=_KERNEL_INIT, rngs=rngs)
+
+    def __call__(self, *parts):
+        """Apply the block to the channel-concatenation of ``parts``."""
+        h = jax.nn.relu(conv(None, self.conv1, parts))
+        return jax.nn.relu(conv(h, self.conv2))
+
+
+def max_pool(x: jax.Array, dims: int) -> jax.Array:
+    """2x max-pooling of a channels-last batch ``(N, *spatial, C)``."""
+    window = (1,) + (2,) * dims + (1,)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+
+
+def _shift_next(x: jax.Array, axis: int, fill: float) -> jax.Array:
+    """``x[i + 1]`` along ``axis``, with ``fill`` past the end."""
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, 1)
+    return jax.lax.slice_in_dim(jnp.pad(x, pad, constant_values=fill), 1, x.shape[axis] + 1, axis=axis)
+
+
+def max_blur_pool(x: jax.Array, dims: int) -> jax.Array:
+    """Max-blur-pool (N2V2): 2x2 max at stride 1, then a [1 2 1]/4 blur at stride 2.
+
+    Written with shifts and strided slices rather than a depthwise
+    convolution, which XLA runs slowly on CPU; padding is 'SAME'-style (zeros
+    after the end, -inf for the max).
+    """
+    for axis in range(1, dims + 1):
+        x = jnp.maximum(x, _shift_next(x, axis, -jnp.inf))
+    for axis in range(1, dims + 1):
+        even = jax.lax.slice_in_dim(x, 0, None, 2, axis=axis)
+        odd = jax.lax.slice_in_dim(x, 1, None, 2, axis=axis)
+        x = 0.25 * even + 0.5 * odd + 0.25 * _shift_next(even, axis, 0.0)
+    return x
+
+
+def upsample(x: jax.Array, dims: int) -> jax.Array:
+    """Nearest-neighbour 2x upsampling; the following 3x3 conv smooths it."""
+    for axis in range(1, dims + 1):
+        x = jnp.repeat(x, 2, axis=axis)
+    return x
+
+
+class UNet(nnx.Module):
+    """U-Net image-to-image denoiser.
+
+    Parameters
+    ----------
+    config : Config
+        Uses ``dims``, ``depth``, ``features``, ``in_channels``,
+        ``out_channels``, ``use_blurpool`` and ``use_residual``.
+    rngs : nnx.Rngs
+        Random streams for weight initialisation.
+
+    Notes
+    -----
+    Input and output are channels-last batches ``(N, [Z,] Y, X, C)`` whose
+    spatial sizes are multiples of ``2**depth``. Level ``i`` has
+    ``features * 2**i`` channels; the bottleneck widens to
+    ``features * 2**depth`` in its middle convolution.
+    """
+
+    def __init__(self, config: Config, *, rngs: nnx.Rngs):
+        self.dims = config.dims
+        self.depth = config.depth
+        self.blurpool = config.use_blurpool
+        self.residual = config.use_residual
+        d, f = config.dims, config.features
+        widths = [f * 2**i for i in range(config.depth)]
+        encoders, channels = [], config.in_channels
+        for width in widths:
+            encoders.append(ConvBlock(d, channels, width, width, rngs=rngs))
+            channels = width
+        self.encoders = nnx.List(encoders)
+        self.bottleneck = ConvBlock(d, channels, 2 * channels, channels, rngs=rngs)
+        decoders = []
+        for level in reversed(range(config.depth)):
+            skip = 0 if (level == 0 and self.blurpool) else widths[level]
+            out = widths[level - 1] if level > 0 else f
+            decoders.append(ConvBlock(d, channels + skip, widths[level], out, rngs=rngs))
+            channels = out
+        self.decoders = nnx.List(decoders)
+        self.head = nnx.Conv(channels, config.out_channels, (1,) * d, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pool = max_blur_pool if self.blurpool else max_pool
+        skips, h = [], x
+        for encoder in self.encoders:
+            h = encoder(h)
+            skips.append(h)
+            h = pool(h, self.dims)
+        h = self.bottleneck(h)
+        for level, decoder in zip(reversed(range(self.depth)), self.decoders):
+            h = upsample(h, self.dims)
+            h = decoder(h) if level == 0 and self.blurpool else decoder(h, skips[level])
+        out = self.head(h)
+        if self.residual and out.shape[-1] == x.shape[-1]:
+            out = out + x
+        return out
+
+
+def receptive_radius(config: Config) -> int:
+    """Pixels on each side that can influence one output pixel.
+
+    Each 3x3 convolution at level ``l`` adds ``2**l``; each pooling step adds
+    ``2**l`` (max-pool) or ``3 * 2**l`` (max-blur-pool); each upsampling
+    ``2**l``. Tiled prediction uses this to size its overlap.
+    """
+    radius = 0
+    pool = 3 if config.use_blurpool else 1
+    for level in range(config.depth):
+        radius += 2 * 2**level  # encoder block
+        radius += pool * 2**level  # pooling window beyond the pooled pixel
+        radius += 2 * 2**level + 2**level  # decoder block and the upsampling before it
+    radius += 2 * 2**config.depth  # bottleneck block
+    return radius
+
+
+def halo(config: Config) -> int:
+    """Receptive radius rounded up to a multiple of ``2**depth`` (pooling grid)."""
+    step = 2**config.depth
+    return int(np.ceil(receptive_radius(config) / step) * step)
+
+
+def count_parameters(model: UNet) -> int:
+    """Number of trainable scalars in ``model``."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
