@@ -131,6 +131,9 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     model = resolve_model(model)
     config = model.config
     image, layout = check_image(image, axes)
+    if image.min() == image.max():
+        raise UserInputError("The image is constant (every pixel has the same value), so there is no noise "
+                             "to remove; check that the right image or channel was chosen.")
     dims = len(layout.spatial_shape)
     if dims != config.dims:
         hint = (" To denoise plane by plane, call the Z axis S (e.g. axes 'SYX')." if config.dims == 2 else

@@ -40,7 +40,7 @@ class LastState:
         return params, opt_state, self.loop["step"], self.loop["history"], np.inf if best is None else best
 
 
-def save_last(output, config: Config, params, opt_state, step, history, best_loss, rng) -> None:
+def save_last(output, config: Config, params, opt_state, step, history, best_loss, rng_state) -> None:
     """Write the state needed to continue training after ``step``."""
     directory = Path(output) / LAST
     directory.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def save_last(output, config: Config, params, opt_state, step, history, best_los
     write_json(directory / "state.json", {
         "config": config.to_dict(), "step": step, "history": history,
         "best_loss": None if not np.isfinite(best_loss) else float(best_loss),
-        "rng_state": rng.bit_generator.state,
+        "rng_state": rng_state,
     })
 
 

@@ -27,6 +27,9 @@ from .resume import load_last, save_last
 from .steps import make_steps, optimizer, schedule
 
 
+MIN_IMPROVEMENT = 1e-3
+
+
 @dataclass(frozen=True)
 class TrainProgress:
     """One training event.
@@ -167,6 +170,7 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
         params, opt_state, loss = train_step(params, opt_state, inputs, _or(target_batch, inputs),
                                              jax.random.fold_in(key, step))
         step += 1
+        rng_state = data.train.rng.bit_generator.state  # what a resumed run must draw from next
         inputs, target_batch = data.train.sample(config.batch_size)  # overlaps the device step
         loss = float(loss)
         if not np.isfinite(loss):
@@ -182,12 +186,12 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
             val_loss = data.validation_loss(eval_step, params, key) if data.val else loss
             history.append({"epoch": epoch, "train_loss": loss, "val_loss": val_loss,
                             "seconds": time.perf_counter() - started})
+            # Patience restarts only on a real improvement (0.1%), not on drift.
+            patience = 0 if val_loss < best[0] * (1 - MIN_IMPROVEMENT) else patience + 1
             if val_loss < best[0]:
-                best, patience = (val_loss, jax.tree.map(np.array, params)), 0
-            else:
-                patience += 1
+                best = (val_loss, jax.tree.map(np.array, params))
             if output is not None:
-                save_last(output, config, params, opt_state, step, history, best[0], data.train.rng)
+                save_last(output, config, params, opt_state, step, history, best[0], rng_state)
         yield TrainProgress(step, total, epoch, config.epochs, loss, val_loss, float(rate(step - 1)),
                             per_step * (total - step), end)
         if stop is not None and stop():

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+from skimage import data
+
+from napari_flax_denoise import Config, train
+
+TINY = dict(features=8, depth=2, patch_size=32, batch_size=4, epochs=2, steps_per_epoch=4, patience=100)
+
+
+@pytest.fixture(scope="session")
+def clean():
+    return data.camera()[128:256, 192:320].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def noisy(clean):
+    return clean + np.random.default_rng(0).normal(0, 25, clean.shape).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return Config(**TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(noisy, tiny_config, tmp_path_factory):
+    """A briefly trained 2D n2v2 model, saved to disk."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    config = tiny_config.replace(features=16, batch_size=16, epochs=4, steps_per_epoch=15,
+                                 learning_rate=3e-3, mask_fraction=0.04)
+    return train(noisy, axes="YX", config=config, output=out).model

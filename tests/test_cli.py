@@ -1,0 +1,121 @@
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_flax_denoise.checkpoint import save_model
+
+
+def flax_denoise(*args, cwd=None):
+    """Run the real console entry point in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "napari_flax_denoise.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, noisy, clean, tiny_model):
+    d = tmp_path_factory.mktemp("cli")
+    tifffile.imwrite(d / "noisy.tif", noisy)
+    tifffile.imwrite(d / "clean.tif", clean)
+    np.save(d / "noisy.npy", noisy)
+    save_model(tiny_model, d / "model")
+    return d
+
+
+def test_train_denoise_evaluate_end_to_end(files, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"features": 8, "batch_size": 4, "patch_size": 32}))
+    run = flax_denoise("train", files / "noisy.tif", "--axes", "YX", "--output", tmp_path / "m", "--epochs", 2,
+                       "--steps-per-epoch", 3, "--config", config, "--seed", 1)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["config"]["features"] == 8
+    run = flax_denoise("denoise", files / "noisy.npy", "--output", tmp_path / "out.tif", "--model", files / "model",
+                       "--uncertainty", tmp_path / "std.tif")
+    assert run.returncode == 0, run.stderr
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.shape == (128, 128) and out.dtype == np.float32
+    assert tifffile.imread(tmp_path / "std.tif").shape == out.shape
+    run = flax_denoise("evaluate", tmp_path / "out.tif", "--target", files / "clean.tif", "--json")
+    assert run.returncode == 0, run.stderr
+    scores = json.loads(run.stdout)
+    assert set(scores) == {"psnr", "ssim", "mse"} and scores["psnr"] > 20
+    # --resume after a finished run continues nothing but works; --init fine-tunes.
+    run = flax_denoise("train", files / "noisy.tif", "--axes", "YX", "--output", tmp_path / "ft", "--epochs", 1,
+                       "--steps-per-epoch", 2, "--init", files / "model", "--patch-size", 32, "--batch-size", 2)
+    assert run.returncode == 0, run.stderr
+
+
+def _write(d, name, array):
+    path = d / name
+    if name.endswith(".npy"):
+        np.save(path, array)
+    else:
+        tifffile.imwrite(path, array)
+    return path
+
+
+BAD = {
+    "wrong axes": (["denoise", "{noisy}", "--axes", "ZYX"], "dimension"),
+    "unknown axis": (["denoise", "{noisy}", "--axes", "YQ"], "unknown"),
+    "nan image": (["denoise", "{nan}"], "NaN"),
+    "constant image": (["denoise", "{constant}"], "constant"),
+    "complex image": (["denoise", "{complex}"], "complex"),
+    "bool image": (["denoise", "{bool}"], "bool"),
+    "empty image": (["denoise", "{empty}"], "empty"),
+    "one pixel": (["denoise", "{pixel}", "--axes", "YX"], "too small"),
+    "unreadable": (["denoise", "{garbage}"], "Could not read"),
+    "missing input": (["denoise", "{dir}/nothing.tif"], "does not exist"),
+    "missing model": (["denoise", "{noisy}", "--model", "{dir}/nomodel"], "does not exist"),
+    "no model": (["denoise", "{noisy}", "--model", None], "--model"),
+    "corrupted model": (["denoise", "{noisy}", "--model", "{broken}"], "corrupted"),
+    "2D model on 3D": (["denoise", "{volume}", "--axes", "ZYX"], "2D model"),
+    "negative epochs": (["train", "{noisy}", "--axes", "YX", "--epochs", "-3"], "at least 1"),
+    "bad learning rate": (["train", "{noisy}", "--axes", "YX", "--learning-rate", "-1"], "learning_rate"),
+    "target shape": (["train", "{noisy}", "--axes", "YX", "--algorithm", "care", "--target", "{small}"], "match"),
+    "target for n2v": (["train", "{noisy}", "--axes", "YX", "--target", "{noisy}"], "drop the targets"),
+    "bad extension": (["denoise", "{dir}/x.jpg"], "extension"),
+    "evaluate shapes": (["evaluate", "{noisy}", "--target", "{small}"], "same shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exit_2_without_traceback(files, tmp_path, case):
+    rng = np.random.default_rng(0)
+    paths = {
+        "noisy": files / "noisy.tif", "dir": tmp_path, "broken": tmp_path / "broken",
+        "nan": _write(tmp_path, "nan.npy", np.full((32, 32), np.nan)),
+        "constant": _write(tmp_path, "constant.npy", np.full((32, 32), 3.0)),
+        "complex": _write(tmp_path, "complex.npy", np.ones((32, 32), complex)),
+        "bool": _write(tmp_path, "bool.npy", np.ones((32, 32), bool)),
+        "empty": _write(tmp_path, "empty.npy", np.ones((0, 32))),
+        "pixel": _write(tmp_path, "pixel.npy", np.ones((1, 1))),
+        "volume": _write(tmp_path, "volume.tif", rng.random((8, 32, 32)).astype(np.float32)),
+        "small": _write(tmp_path, "small.tif", rng.random((64, 64)).astype(np.float32)),
+    }
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00 this is not a tiff")
+    paths["garbage"] = tmp_path / "garbage.tif"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.json").write_text("{not json")
+    args, fragment = BAD[case]
+    args = [a.format(**paths) for a in args if a is not None]
+    if args[0] == "denoise":
+        args += ["--output", tmp_path / "out.tif"]
+        if "--model" not in args and "no model" != case:
+            args += ["--model", files / "model"]
+    if args[0] == "train":
+        args += ["--output", tmp_path / "trained"]
+    inputs = {p: _digest(p) for p in paths.values() if p.is_file()}
+    run = flax_denoise(*args)
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr
+    assert fragment in run.stderr
+    assert not (tmp_path / "out.tif").exists()
+    assert {p: _digest(p) for p in inputs} == inputs  # inputs never modified

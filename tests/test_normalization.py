@@ -1,0 +1,22 @@
+import numpy as np
+import pytest
+
+from napari_flax_denoise.errors import UserInputError
+from napari_flax_denoise.normalization import Normalization
+
+
+@pytest.mark.parametrize("method", ["percentile", "meanstd"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_round_trip(method, dtype):
+    rng = np.random.default_rng(0)
+    image = (rng.random((3, 20, 20, 2)) * 200).astype(dtype)
+    norm = Normalization.fit([image], method)
+    normed = norm.apply(image)
+    assert normed.dtype == np.float32
+    np.testing.assert_allclose(norm.undo(normed), image.astype(np.float32), rtol=1e-5, atol=1e-3)
+    assert Normalization.from_dict(norm.to_dict()) == norm
+
+
+def test_constant_image_is_refused():
+    with pytest.raises(UserInputError, match="constant"):
+        Normalization.fit([np.full((1, 8, 8, 1), 7.0)])

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from napari_flax_denoise import Config, denoise, psnr
+from napari_flax_denoise.checkpoint import TrainedModel, build_network
+from napari_flax_denoise.errors import UserInputError
+from napari_flax_denoise.normalization import Normalization
+from napari_flax_denoise.prediction import _forward
+
+
+def _random_model(**settings):
+    config = Config(features=4, patch_size=16, **settings)
+    channels = config.in_channels
+    norm = Normalization("meanstd", (10.0,) * channels, (3.0,) * channels)
+    return TrainedModel(config, build_network(config, seed=1), norm, norm)
+
+
+@pytest.mark.parametrize("algorithm", ["n2v", "n2v2"])
+def test_tiled_equals_untiled(algorithm):
+    model = _random_model(algorithm=algorithm)
+    image = np.random.default_rng(0).normal(10, 3, (150, 190)).astype(np.float32)
+    whole = denoise(image, model, axes="YX", tile_shape=(256, 256))
+    tiled = denoise(image, model, axes="YX", tile_shape=(96, 80), batch_size=3)
+    assert np.abs(whole - image).max() > 0.1  # the network does something
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_new_image_size_does_not_recompile():
+    model = _random_model()
+    denoise(np.random.rand(100, 90).astype(np.float32), model, axes="YX", tile_shape=(96, 96))
+    compiled = _forward._cache_size()
+    denoise(np.random.rand(130, 70).astype(np.float32), model, axes="YX", tile_shape=(96, 96))
+    assert _forward._cache_size() == compiled
+
+
+@pytest.mark.parametrize("axes,shape", [("YX", (40, 50)), ("TYX", (3, 40, 50)), ("YXT", (40, 50, 2)),
+                                        ("SCYX", (2, 3, 40, 36)), ("YXC", (40, 36, 3))])
+def test_layouts_and_stacks_keep_shape_and_match_planes(axes, shape):
+    model = _random_model()
+    image = np.random.default_rng(1).normal(10, 3, shape).astype(np.float32)
+    before = image.copy()
+    out = denoise(image, model, axes=axes)
+    np.testing.assert_array_equal(image, before)  # input untouched
+    assert out.shape == image.shape and out.dtype == np.float32
+    # Every plane equals denoising that plane alone.
+    first = tuple(0 if a not in "YX" else slice(None) for a in axes)
+    np.testing.assert_allclose(out[first], denoise(image[first], model, axes="YX"), atol=1e-4)
+
+
+def test_3d_and_multichannel_models():
+    model3d = _random_model(dims=3)
+    volume = np.random.default_rng(2).normal(10, 3, (12, 30, 34)).astype(np.float32)
+    assert denoise(volume, model3d, axes="ZYX").shape == volume.shape
+    model2c = _random_model(in_channels=2, out_channels=2)
+    image = np.random.default_rng(3).normal(10, 3, (2, 30, 34)).astype(np.uint16)
+    assert denoise(image, model2c, axes="CYX").shape == image.shape
+
+
+def test_tta_mean_and_uncertainty(tiny_model, noisy, clean):
+    plain = denoise(noisy, tiny_model, axes="YX")
+    mean, std = denoise(noisy, tiny_model, axes="YX", tta=True, return_std=True)
+    assert mean.shape == std.shape == noisy.shape
+    assert std.min() >= 0 and std.mean() > 0
+    assert psnr(plain, clean, data_range=255) > psnr(noisy, clean, data_range=255) + 1  # n2v2 learned
+    assert psnr(mean, clean, data_range=255) > psnr(plain, clean, data_range=255)  # averaging helps
+    assert not np.allclose(mean, plain)
+
+
+def test_output_keeps_intensity_range(tiny_model, noisy):
+    image = np.clip(noisy, 0, None).astype(np.uint16)
+    out = denoise(image, tiny_model, axes="YX")
+    assert abs(out.mean() - image.mean()) < 0.1 * image.std()
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(axes="ZYX", image=np.ones((4, 32, 32))), "2D model"),
+    (dict(tile_shape=(30, 30)), "multiple"),
+    (dict(return_std=True), "tta"),
+    (dict(axes="CYX", image=np.ones((3, 32, 32))), None),  # one-channel model: channels denoised separately
+])
+def test_model_and_image_mismatch(tiny_model, noisy, kwargs, fragment):
+    kwargs = {"image": noisy, "axes": "YX", **kwargs}
+    image = kwargs.pop("image")
+    if image.min() == image.max():
+        image = image + np.random.default_rng(0).random(image.shape)
+    if fragment is None:
+        assert denoise(image, tiny_model, **kwargs).shape == image.shape
+    else:
+        with pytest.raises(UserInputError, match=fragment):
+            denoise(image, tiny_model, **kwargs)

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from napari_flax_denoise import Config, denoise, psnr, train, train_iter
+from napari_flax_denoise.errors import UserInputError
+from napari_flax_denoise.patches import PatchSampler, split_rows
+from napari_flax_denoise.normalization import Normalization
+
+from conftest import TINY
+
+
+def _losses(events):
+    return [e.train_loss for e in events]
+
+
+def test_patches_follow_targets_and_stay_in_rows():
+    image = np.arange(60 * 50, dtype=np.float32).reshape(1, 60, 50, 1)
+    norm = Normalization("meanstd", (0.0,), (1.0,))
+    sampler = PatchSampler([image], [image * 2], patch_shape=(16, 16), rows=[(10, 40)],
+                           input_norm=norm, target_norm=norm, seed=0)
+    x, y = sampler.sample(32)
+    assert x.shape == y.shape == (32, 16, 16, 1)
+    np.testing.assert_array_equal(y, 2 * x)  # same window and same flips / turns
+    rows = x[..., 0] // 50
+    assert rows.min() >= 10 and rows.max() < 40
+
+
+def test_validation_rows_are_held_out():
+    (train_rows, val_rows) = split_rows(100, 16, 0.2)
+    assert train_rows == (0, 80) and val_rows == (80, 100)
+    with pytest.raises(UserInputError, match="validation fraction"):
+        split_rows(20, 16, 0.1)
+
+
+def test_events_and_loss_decrease(noisy, tiny_config):
+    events = list(train_iter(noisy, axes="YX", config=tiny_config.replace(epochs=3, steps_per_epoch=8)))
+    assert [e.step for e in events] == list(range(1, 25))
+    epoch_ends = [e for e in events if e.end_of_epoch]
+    assert len(epoch_ends) == 3 and all(e.val_loss is not None for e in epoch_ends)
+    assert all(e.learning_rate > 0 and e.eta_seconds >= 0 for e in events)
+    assert np.mean(_losses(events)[-6:]) < np.mean(_losses(events)[:3])
+
+
+def test_seed_makes_training_deterministic(noisy, tiny_config):
+    a = _losses(train_iter(noisy, axes="YX", config=tiny_config, seed=3))
+    b = _losses(train_iter(noisy, axes="YX", config=tiny_config, seed=3))
+    c = _losses(train_iter(noisy, axes="YX", config=tiny_config, seed=4))
+    assert a == b and a != c
+
+
+def test_stop_request_ends_within_one_step(noisy, tiny_config):
+    calls = []
+    result = train(noisy, axes="YX", config=tiny_config.replace(epochs=50),
+                   stop=lambda: len(calls.append(1) or calls) >= 3)
+    assert result.stopped == "stop_requested" and len(calls) == 3
+
+
+def test_resume_continues_the_interrupted_run(noisy, tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=4)
+    full = _losses(train_iter(noisy, axes="YX", config=config, output=tmp_path / "full"))
+    # Interrupt after 2 epochs by closing the generator, then resume.
+    run = train_iter(noisy, axes="YX", config=config, output=tmp_path / "part")
+    first = [next(run).train_loss for _ in range(2 * config.steps_per_epoch)]
+    run.close()
+    rest = _losses(train_iter(noisy, axes="YX", output=tmp_path / "part", resume=True))
+    assert len(first) + len(rest) == len(full)
+    np.testing.assert_allclose(first + rest, full, rtol=1e-4)
+
+
+def test_early_stopping(noisy, tiny_config):
+    result = train(noisy, axes="YX", config=tiny_config.replace(epochs=30, patience=1, learning_rate=1e-6))
+    assert result.stopped == "early_stopping" and len(result.history) < 30
+
+
+@pytest.mark.parametrize("algorithm", ["care", "n2n"])
+def test_supervised_algorithms_improve_psnr(clean, noisy, tiny_config, algorithm):
+    second = clean + np.random.default_rng(9).normal(0, 25, clean.shape).astype(np.float32)
+    target = clean if algorithm == "care" else second
+    result = train(noisy, axes="YX", targets=target, config=tiny_config.replace(
+        algorithm=algorithm, features=16, batch_size=8, epochs=4, steps_per_epoch=25, learning_rate=2e-3))
+    gain = psnr(denoise(noisy, result.model, axes="YX"), clean, data_range=255) - psnr(noisy, clean, data_range=255)
+    assert gain > 2
+
+
+def test_fine_tuning_keeps_architecture(noisy, tiny_model, tiny_config):
+    result = train(noisy, axes="YX", init=tiny_model, config=Config(epochs=1, steps_per_epoch=2, patch_size=32,
+                                                                    batch_size=2))
+    assert result.model.config.features == tiny_model.config.features
+    assert result.model.info["fine_tuned_from"] == tiny_model.name
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(targets=np.zeros((128, 128))), "drop the targets"),
+    (dict(algorithm="care"), "needs targets"),
+    (dict(algorithm="care", targets=np.ones((64, 64))), "match their images"),
+    (dict(epochs=-1), "epochs"),
+    (dict(patch_size=30), "multiple"),
+    (dict(axes="ZYX"), "dimension"),
+])
+def test_bad_training_input(noisy, tiny_config, kwargs, fragment):
+    kwargs = {"axes": "YX", **kwargs}
+    with pytest.raises(UserInputError, match=fragment):
+        train(noisy, config=tiny_config, **kwargs)
