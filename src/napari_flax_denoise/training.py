@@ -10,8 +10,10 @@ and keeps the best weights.
 from __future__ import annotations
 
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
@@ -48,6 +50,9 @@ class TrainProgress:
     eta_seconds : float
         Estimated time to the planned end.
     end_of_epoch : bool
+    snapshot : callable
+        Returns the model with the weights of this step (for live previews);
+        it stays valid after training moves on.
     """
 
     step: int
@@ -59,6 +64,7 @@ class TrainProgress:
     learning_rate: float
     eta_seconds: float
     end_of_epoch: bool = False
+    snapshot: Callable[[], TrainedModel] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -155,10 +161,12 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
     info = {"algorithm": config.algorithm, "axes": axes, "patch_shape": list(data.patch_shape),
             "fine_tuned_from": init_model.name if init_model is not None else None}
 
+    def model_with(weights, **extra):
+        return TrainedModel(config, nnx.merge(graphdef, weights), data.input_norm, data.output_norm,
+                            {**info, "steps": step, **extra})
+
     def result(reason):
-        network = nnx.merge(graphdef, best[1] if best[1] is not None else params)
-        model = TrainedModel(config, network, data.input_norm, data.output_norm,
-                             {**info, "steps": step, "stopped": reason, "history": history})
+        model = model_with(best[1] if best[1] is not None else params, stopped=reason, history=history)
         if output is not None:
             save_model(model, output)
         return TrainResult(model, history, reason, Path(output) if output is not None else None)
@@ -193,7 +201,7 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
             if output is not None:
                 save_last(output, config, params, opt_state, step, history, best[0], rng_state)
         yield TrainProgress(step, total, epoch, config.epochs, loss, val_loss, float(rate(step - 1)),
-                            per_step * (total - step), end)
+                            per_step * (total - step), end, partial(model_with, params, steps=step))
         if stop is not None and stop():
             return result("stop_requested")
         if end and patience >= config.patience:
