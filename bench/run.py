@@ -200,6 +200,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--steps", type=int, default=150, help="training steps of n2v2 and care per image")
+    parser.add_argument("--images", nargs="+", default=["camera", "cell"], choices=["camera", "cell", "coins"])
     parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
     quick = args.quick
@@ -219,11 +221,10 @@ def main():
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "quick": quick, "speed": speed}
     if not args.skip_quality:
-        images = test_images(128 if quick else 256)
-        if quick:
-            images = dict(list(images.items())[:2])
+        images = {k: v for k, v in test_images(128 if quick else 256).items() if k in args.images}
         noises = ["gauss25"] if quick else ["gauss25", "gauss15", "gauss50", "poisson30"]
-        results["quality"] = quality(images, noises, 20 if quick else 300, 10 if quick else 50)
+        steps = 20 if quick else args.steps
+        results["quality"] = quality(images, noises, steps, max(steps // 5, 1))
     Path(args.output).write_text(json.dumps(results, indent=1))
     table = markdown(results)
     Path(args.output).with_suffix(".md").write_text(table)

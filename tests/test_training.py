@@ -39,6 +39,10 @@ def test_events_and_loss_decrease(noisy, tiny_config):
     assert len(epoch_ends) == 3 and all(e.val_loss is not None for e in epoch_ends)
     assert all(e.learning_rate > 0 and e.eta_seconds >= 0 for e in events)
     assert np.mean(_losses(events)[-6:]) < np.mean(_losses(events)[:3])
+    # Snapshots stay usable after training moved on, and differ between steps.
+    early, late = events[0].snapshot(), events[-1].snapshot()
+    assert early.info["steps"] == 1 and late.info["steps"] == 24
+    assert not np.allclose(denoise(noisy, early, axes="YX"), denoise(noisy, late, axes="YX"))
 
 
 def test_seed_makes_training_deterministic(noisy, tiny_config):
@@ -82,10 +86,14 @@ def test_supervised_algorithms_improve_psnr(clean, noisy, tiny_config, algorithm
     assert gain > 2
 
 
-def test_fine_tuning_keeps_architecture(noisy, tiny_model, tiny_config):
-    result = train(noisy, axes="YX", init=tiny_model, config=Config(epochs=1, steps_per_epoch=2, patch_size=32,
-                                                                    batch_size=2))
+@pytest.mark.parametrize("algorithm", ["n2v2", "care"])
+def test_fine_tuning_keeps_architecture(clean, noisy, tiny_model, algorithm):
+    # An n2v2 model fine-tuned with care keeps its blur-pool network.
+    targets = clean if algorithm == "care" else None
+    result = train(noisy, axes="YX", targets=targets, init=tiny_model, algorithm=algorithm,
+                   config=Config(epochs=1, steps_per_epoch=2, patch_size=32, batch_size=2))
     assert result.model.config.features == tiny_model.config.features
+    assert result.model.config.use_blurpool and result.model.config.algorithm == algorithm
     assert result.model.info["fine_tuned_from"] == tiny_model.name
 
 

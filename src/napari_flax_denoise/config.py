@@ -80,11 +80,11 @@ class Config:
     batch_size: int = 16
     epochs: int = 20
     steps_per_epoch: int = 50
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     optimizer: str = "adam"
     weight_decay: float = 1e-4
     loss: str = "mse"
-    mask_fraction: float = 0.01
+    mask_fraction: float = 0.1
     val_fraction: float = 0.1
     patience: int = 8
     normalization: str = "percentile"

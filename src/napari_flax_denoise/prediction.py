@@ -66,7 +66,9 @@ def _check_tiling(tile_shape, overlap, dims, config):
         halos = tuple(int(-(-o // 2 // grid) * grid) for o in overlap)
     else:
         halos = (halo,) * dims
-    tile_shape = tuple(int(t) for t in tile_shape)
+    tile_shape = tuple(int(t) for t in np.atleast_1d(tile_shape))
+    if len(tile_shape) == 1:
+        tile_shape = tile_shape * dims
     if len(tile_shape) != dims:
         raise UserInputError(f"tile_shape must have {dims} numbers for this {dims}D model, not {tile_shape}.")
     for t, h in zip(tile_shape, halos):

@@ -106,7 +106,9 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
                 f"The model to fine-tune has {', '.join(f'{k}={getattr(base, k)}' for k in mismatch)} "
                 f"but the data need {', '.join(f'{k}={arch[k]}' for k in mismatch)}; pick a matching model or train from scratch."
             )
-        arch.update(depth=base.depth, features=base.features, blurpool=base.blurpool, residual=base.residual)
+        # Explicit flags: the architecture must not change with the algorithm.
+        arch.update(depth=base.depth, features=base.features, blurpool=base.use_blurpool,
+                    residual=base.use_residual)
     return config.replace(**arch)
 
 
