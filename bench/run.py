@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -64,11 +65,11 @@ def flops_per_pixel(model, tile_shape):
     return cost["flops"] / np.prod(tile_shape)
 
 
-def inference(config, shape, axes, peak):
+def inference(config, shape, axes, peak, repeats=2):
     """End-to-end ``denoise`` throughput and its FLOP rate as a fraction of ``peak``."""
     model = random_model(config)
     image = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
-    seconds = best_time(lambda: denoise(image, model, axes=axes), 2)
+    seconds = best_time(lambda: denoise(image, model, axes=axes), repeats)
     spatial = tuple(s for s, a in zip(shape, axes) if a in "ZYX")
     tile = default_tile_shape(spatial, config.dims, halo(config))
     fpp = flops_per_pixel(model, tile)
@@ -80,13 +81,35 @@ def inference(config, shape, axes, peak):
 
 def training_speed(config, steps):
     image = np.random.default_rng(2).normal(100, 20, (512, 512)).astype(np.float32)
-    run = train_iter(image, axes="YX", config=config.replace(epochs=1, steps_per_epoch=steps + 1, val_fraction=0.0))
+    targets = None if config.self_supervised else image  # supervised speed: any target will do
+    run = train_iter(image, axes="YX", targets=targets,
+                     config=config.replace(epochs=1, steps_per_epoch=steps + 1, val_fraction=0.0))
     next(run)  # compiles
     start = time.perf_counter()
     for _ in run:
         pass
     return {"algorithm": config.algorithm, "patch": config.patch_size, "batch": config.batch_size,
             "steps_per_s": steps / (time.perf_counter() - start)}
+
+
+def torch_reference(steps):
+    """Run bench/torch_peer.py in its own venv (bench/setup_torch.sh), if present."""
+    python = HERE / ".venv-torch" / "bin" / "python"
+    if not python.exists():
+        print("no PyTorch reference: run bench/setup_torch.sh to add one", flush=True)
+        return None
+    out = subprocess.run([str(python), str(HERE / "torch_peer.py"), str(steps)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tile_speed(config, tile=512):
+    """Forward MPix/s of the bare network on one tile (no tiling overhead)."""
+    model = random_model(config)
+    graphdef, state = nnx.split(model.network)
+    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    x = jnp.zeros((1, tile, tile, 1))
+    return tile * tile / best_time(lambda: f(state, x).block_until_ready(), 3) / 1e6
 
 
 def noisy_versions(clean, rng):
@@ -178,6 +201,13 @@ def markdown(results):
     lines.append("|---|---|---|---|")
     for r in speed["training"]:
         lines.append(f"| {r['algorithm']} | {r['patch']} | {r['batch']} | {r['steps_per_s']:.2f} |")
+    if speed.get("torch"):
+        t = speed["torch"]
+        lines.append("")
+        lines.append(f"Same U-Net in PyTorch {t['torch']} ({t['threads']} threads), same run: training "
+                     f"{t['train_steps_per_s']:.2f} steps/s (ours, care: {t['train_ratio']:.2f}x), forward on a 512x512 "
+                     f"tile {t['forward_mpix_per_s_512']:.3f} MPix/s (ours {t['ours_forward_mpix_per_s_512']:.3f}, "
+                     f"{t['forward_ratio']:.2f}x).")
     if results.get("quality"):
         lines.append("")
         lines.append("PSNR in dB (SSIM) against the clean image; n2v2 is trained on the noisy image itself, "
@@ -210,14 +240,22 @@ def main():
     n2v2, n2v = Config(), Config(algorithm="n2v")
     size2d = 512 if quick else 2048
     inference_rows = [inference(n2v2, (size2d, size2d), "YX", peak), inference(n2v, (size2d, size2d), "YX", peak),
-                      inference(Config(dims=3), (16, 128, 128) if quick else (32, 256, 256), "ZYX", peak)]
+                      inference(Config(dims=3), (16, 64, 64) if quick else (32, 128, 128), "ZYX", peak, 1)]
     for r in inference_rows:
         print(json.dumps(r), flush=True)
     training_rows = [training_speed(c, 5 if quick else 20) for c in (n2v2, Config(algorithm="care"))]
     for r in training_rows:
         print(json.dumps(r), flush=True)
-    speed = {"matmul_gflops": peak, "inference": inference_rows, "training": training_rows,
-             "matmul_gflops_after": matmul_peak()}
+    speed = {"matmul_gflops": peak, "inference": inference_rows, "training": training_rows}
+    peer = torch_reference(5 if quick else 20)
+    if peer is not None:
+        ours_tile = tile_speed(n2v)
+        ours_care = next(r["steps_per_s"] for r in training_rows if r["algorithm"] == "care")
+        speed["torch"] = {**peer, "ours_forward_mpix_per_s_512": ours_tile,
+                          "forward_ratio": ours_tile / peer["forward_mpix_per_s_512"],
+                          "train_ratio": ours_care / peer["train_steps_per_s"]}
+        print(json.dumps(speed["torch"]), flush=True)
+    speed["matmul_gflops_after"] = matmul_peak()
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "quick": quick, "speed": speed}
     if not args.skip_quality:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_flax_denoise import Config, denoise, psnr, train, train_iter
+from napari_flax_denoise import Config, denoise, load_model, psnr, train, train_iter
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.patches import PatchSampler, split_rows
 from napari_flax_denoise.normalization import Normalization
@@ -66,6 +66,7 @@ def test_resume_continues_the_interrupted_run(noisy, tiny_config, tmp_path):
     run = train_iter(noisy, axes="YX", config=config, output=tmp_path / "part")
     first = [next(run).train_loss for _ in range(2 * config.steps_per_epoch)]
     run.close()
+    assert load_model(tmp_path / "part").info["steps"] <= 2 * config.steps_per_epoch  # best so far is loadable
     rest = _losses(train_iter(noisy, axes="YX", output=tmp_path / "part", resume=True))
     assert len(first) + len(rest) == len(full)
     np.testing.assert_allclose(first + rest, full, rtol=1e-4)

@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from .checkpoint import arrays_to_tree, load_arrays, save_arrays, tree_to_arrays, write_json
+from .checkpoint import WEIGHTS_FILE, arrays_to_tree, load_arrays, save_arrays, tree_to_arrays, write_json
 from .config import Config
 from .errors import UserInputError
 
@@ -38,6 +39,14 @@ class LastState:
         opt_state = arrays_to_tree(load_arrays(self.directory / "optimizer.npz"), opt_state, str(self.directory))
         best = self.loop["best_loss"]
         return params, opt_state, self.loop["step"], self.loop["history"], np.inf if best is None else best
+
+
+    def best_weights(self, like):
+        """The best weights written beside ``last/`` (None when no epoch had finished)."""
+        path = self.directory.parent / WEIGHTS_FILE
+        if not path.is_file():
+            return None
+        return jax.tree.map(np.array, arrays_to_tree(load_arrays(path), like, str(path)))
 
 
 def save_last(output, config: Config, params, opt_state, step, history, best_loss, rng_state) -> None:

@@ -153,8 +153,9 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
     opt_state = tx.init(params)
     step, history, best = 0, [], (np.inf, None)
     if resume:
+        like = params
         params, opt_state, step, history, best_loss = state.restore(params, opt_state)
-        best = (best_loss, jax.tree.map(np.array, params))
+        best = (best_loss, state.best_weights(like))
         data.train.rng.bit_generator.state = state.rng_state
     train_step, eval_step = make_steps(graphdef, config, tx)
     rate = schedule(config)
@@ -200,6 +201,8 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
             patience = 0 if val_loss < best[0] * (1 - MIN_IMPROVEMENT) else patience + 1
             if val_loss < best[0]:
                 best = (val_loss, jax.tree.map(np.array, params))
+                if output is not None:  # the best model is loadable even if the run dies later
+                    save_model(model_with(best[1], stopped="running", history=history), output)
             if output is not None:
                 save_last(output, config, params, opt_state, step, history, best[0], rng_state)
         yield TrainProgress(step, total, epoch, config.epochs, loss, val_loss, float(rate(step - 1)),
