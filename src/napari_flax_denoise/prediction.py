@@ -113,9 +113,8 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
     return out
 
 
-def _tta_transforms(dims):
-    """The 8 symmetries of the YX square: (quarter turns, flip X)."""
-    return [(k, flip) for k in range(4) for flip in (False, True)]
+# The 8 symmetries of the YX square: (quarter turns, flip X).
+_TTA = [(k, flip) for k in range(4) for flip in (False, True)]
 
 
 def _apply(x, k, flip, dims, inverse=False):
@@ -160,7 +159,7 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
         batch_size = 1 if jax.default_backend() == "cpu" else 8
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
-    transforms = _tta_transforms(dims) if tta else [(0, False)]
+    transforms = _TTA if tta else [(0, False)]
     total, sq = None, None
     for i, (k, flip) in enumerate(transforms):
         turned = np.ascontiguousarray(_apply(x, k, flip, dims))
