@@ -38,6 +38,8 @@ class UNet(nn.Module):
 
 
 def best(fn, repeats):
+    # Mirrors best_time in bench/run.py on purpose: this file runs in the torch
+    # venv, which has neither JAX nor our package to import it from.
     fn()
     times = []
     for _ in range(repeats):
