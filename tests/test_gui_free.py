@@ -2,7 +2,8 @@ import subprocess
 import sys
 
 CORE = ["axes", "config", "model", "masking", "patches", "data", "steps", "training", "prediction",
-        "checkpoint", "resume", "files", "metrics", "baselines", "cli"]
+        "checkpoint", "resume", "files", "metrics", "baselines", "cli", "samples",
+        "plugin.layers", "plugin.jobs", "plugin.registry"]
 
 
 def _modules_after(code):

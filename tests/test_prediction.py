@@ -88,3 +88,25 @@ def test_model_and_image_mismatch(tiny_model, noisy, kwargs, fragment):
     else:
         with pytest.raises(UserInputError, match=fragment):
             denoise(image, tiny_model, **kwargs)
+
+
+class RecordingArray:
+    """A lazy array like zarr's: shape, dtype and indexing, recording what is read."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
+
+    def __getitem__(self, index):
+        block = self.array[index]
+        self.reads.append(block.shape)
+        return block
+
+
+def test_lazy_stack_is_read_plane_by_plane_and_matches_eager(tiny_model, noisy):
+    stack = np.stack([np.stack([noisy, noisy.T[: noisy.shape[0], : noisy.shape[1]]]), np.stack([noisy[::-1]] * 2)])
+    lazy = RecordingArray(stack)  # axes T C Y X
+    eager_mean, eager_std = denoise(stack, tiny_model, axes="TCYX", tta=True, return_std=True)
+    mean, std = denoise(lazy, tiny_model, axes="TCYX", tta=True, return_std=True)
+    assert lazy.reads == [noisy.shape] * 4  # one Y X plane per (T, C), never the whole stack
+    np.testing.assert_allclose(mean, eager_mean, atol=1e-4)
+    np.testing.assert_allclose(std, eager_std, atol=1e-4)

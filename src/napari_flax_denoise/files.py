@@ -89,6 +89,24 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
                              "check that the file is complete and in a supported format.") from None
 
 
+def physical_spacing(path: str | Path) -> dict[str, float]:
+    """Pixel sizes recorded in an OME-TIFF, e.g. ``{"Y": 0.107, "X": 0.107}``.
+
+    Returns an empty dict for files without OME physical sizes.
+    """
+    import xml.etree.ElementTree as ElementTree
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.is_ome:
+            return {}
+        pixels = next((e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return {}
+    return {axis: float(pixels.get(f"PhysicalSize{axis}")) for axis in "ZYX" if pixels.get(f"PhysicalSize{axis}")}
+
+
 def write_image(path: str | Path, image: np.ndarray, axes: str | None = None) -> Path:
     """Write ``image`` atomically; TIFF output records ``axes`` as OME metadata.
 

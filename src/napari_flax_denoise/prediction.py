@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .axes import check_image
+from .axes import check_image, validate_axes
 from .checkpoint import TrainedModel, load_model
 from .errors import UserInputError
 from .model import halo as network_halo
@@ -126,13 +126,54 @@ def _apply(x, k, flip, dims, inverse=False):
     return np.flip(x, dims) if flip else x
 
 
+def _is_lazy(image) -> bool:
+    # dask, zarr and h5py arrays: index them plane by plane instead of loading them whole
+    return not isinstance(image, np.ndarray) and all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__"))
+
+
 def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
                  tta: bool = False, return_std: bool = False):
     """Generator form of :func:`denoise`: yields progress, returns the result."""
     model = resolve_model(model)
+    options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std)
+    if _is_lazy(image):
+        return (yield from _denoise_lazy(image, model, axes, options))
+    return (yield from _denoise_array(image, model, axes, **options))
+
+
+def _denoise_lazy(image, model, axes, options):
+    """Denoise a lazy array one S/T (and, for one-channel models, C) plane at a time."""
+    axes = validate_axes(axes, len(image.shape))
+    outer = [i for i, a in enumerate(axes) if a in "ST" or (a == "C" and model.config.in_channels == 1)]
+    counts = [image.shape[i] for i in outer]
+    planes = list(np.ndindex(*counts))
+    inner_axes = "".join(a for i, a in enumerate(axes) if i not in outer)
+    outputs = None
+    for number, plane in enumerate(planes):
+        index = [slice(None)] * len(axes)
+        for i, k in zip(outer, plane):
+            index[i] = k
+        block = np.asarray(image[tuple(index)])
+        inner = _denoise_array(block, model, inner_axes, allow_constant=True, **options)
+        while True:
+            try:
+                step = next(inner)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield DenoiseProgress(number * step.total + step.done, len(planes) * step.total)
+        result = result if isinstance(result, tuple) else (result,)
+        if outputs is None:  # outer axes keep their place; a new trailing C may follow
+            outputs = [np.empty(tuple(image.shape) + r.shape[len(inner_axes):], np.float32) for r in result]
+        for out, r in zip(outputs, result):
+            out[tuple(index)] = r
+    return tuple(outputs) if options["return_std"] else outputs[0]
+
+
+def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, allow_constant=False):
     config = model.config
     image, layout = check_image(image, axes)
-    if image.min() == image.max():
+    if not allow_constant and image.min() == image.max():
         raise UserInputError("The image is constant (every pixel has the same value), so there is no noise "
                              "to remove; check that the right image or channel was chosen.")
     dims = len(layout.spatial_shape)
@@ -195,7 +236,8 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
     ----------
     image : array_like
         2D or 3D image, optionally with sample (S), time (T) and channel (C)
-        axes. Not modified.
+        axes. Not modified. A lazy array (dask, zarr, h5py) is read one S/T
+        plane at a time (and one channel at a time for a one-channel model).
     model : TrainedModel or str or Path
         A model from :func:`~napari_flax_denoise.train` /
         :func:`~napari_flax_denoise.load_model`, or a model directory.

@@ -1,0 +1,1 @@
+"""Sample images shipped in the wheel; ``README.md`` gives each file's origin and licence."""

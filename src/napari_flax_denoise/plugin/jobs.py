@@ -1,0 +1,96 @@
+"""Long jobs of the widgets as generators (GUI-free; napari's thread_worker runs them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..prediction import denoise
+from ..training import TrainProgress, train_iter
+
+# Largest live-preview crop per spatial axis: small enough to refresh in a fraction of a second.
+_PREVIEW = {2: (256, 256), 3: (16, 128, 128)}
+
+
+@dataclass(frozen=True)
+class TrainUpdate:
+    """One event of :func:`train_with_preview`.
+
+    Attributes
+    ----------
+    progress : TrainProgress
+    preview : ndarray or None
+        The preview crop denoised with the current weights, when due.
+    crop : PreviewCrop or None
+        Where the preview lies in the first training image.
+    """
+
+    progress: TrainProgress
+    preview: np.ndarray | None = None
+    crop: PreviewCrop | None = None
+
+
+@dataclass(frozen=True)
+class PreviewCrop:
+    """A crop of the first training image for live previews.
+
+    Attributes
+    ----------
+    data : ndarray
+        The crop (spatial axes, and C if the image has it).
+    axes : str
+        Its axes.
+    offset : tuple of int
+        Start of the crop along each spatial axis of the source image.
+    source_axes : str
+        Axes of the source image.
+    """
+
+    data: np.ndarray
+    axes: str
+    offset: tuple
+    source_axes: str
+
+
+def preview_crop(image, axes: str) -> PreviewCrop:
+    """Central crop of the first S/T plane of ``image`` (axes already validated)."""
+    spatial = [a for a in axes if a in "ZYX"]
+    caps = _PREVIEW[len(spatial)]
+    index, offset = [], []
+    for axis, size in zip(axes, image.shape):
+        if axis in "ST":
+            index.append(0)
+        elif axis == "C":
+            index.append(slice(None))
+        else:
+            cap = caps[spatial.index(axis)]
+            start = max((size - cap) // 2, 0)
+            index.append(slice(start, start + min(cap, size)))
+            offset.append(start)
+    kept = "".join(a for a in axes if a not in "ST")
+    return PreviewCrop(np.asarray(image[tuple(index)]), kept, tuple(offset), axes)
+
+
+def train_with_preview(images, *, axes: str, preview_every: int = 0, **train_kwargs):
+    """:func:`~napari_flax_denoise.train_iter` that also denoises a preview crop.
+
+    Yields :class:`TrainUpdate` for every step; every ``preview_every`` steps
+    (and on the first and last step) its ``preview`` holds the crop of the first image
+    denoised with the current weights. Returns the :class:`TrainResult`.
+    Closing this generator closes the training.
+    """
+    crop = preview_crop(images[0], axes) if preview_every else None
+    run = train_iter(images, axes=axes, **train_kwargs)
+    try:
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as stop:
+                return stop.value
+            preview = None
+            if crop is not None and (event.step % preview_every == 0 or event.step in (1, event.total_steps)):
+                preview = denoise(crop.data, event.snapshot(), axes=crop.axes)
+            yield TrainUpdate(event, preview, crop)
+    finally:
+        run.close()

@@ -1,0 +1,130 @@
+"""napari layers to core arrays and back, without importing napari or Qt.
+
+The widgets call these so they stay thin: a layer becomes ``(data, axes)``
+for the core, and a core result becomes a layer-data tuple that keeps the
+input's physical placement (scale, translate, rotate, shear, affine, units).
+"""
+
+from __future__ import annotations
+
+from ..axes import validate_axes
+from ..errors import UserInputError
+
+_LETTERS = set("STCZYX")
+
+
+def layer_data(layer):
+    """The full-resolution data of an image layer; lazy (dask) data stays lazy.
+
+    Raises
+    ------
+    UserInputError
+        If ``layer`` is missing or is not an image layer.
+    """
+    if layer is None:
+        raise UserInputError("Open or select an image layer first (File > Open Sample has examples).")
+    kind = type(layer).__name__
+    if kind != "Image":
+        raise UserInputError(f"'{layer.name}' is a {kind} layer; choose an image layer instead.")
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def _trusted(candidate: str, ndim: int) -> bool:
+    return len(candidate) == ndim and set(candidate) <= _LETTERS and len(set(candidate)) == ndim
+
+
+def infer_axes(layer, model_dims: int | None = None) -> str:
+    """Axes of an image layer for a model with ``model_dims`` spatial dimensions.
+
+    Axes recorded by a reader (``layer.metadata["axes"]``) or one-letter axis
+    labels win; otherwise the trailing axes are Y X (an RGB layer adds C),
+    preceded by Z for a 3D model, and remaining leading axes are stacks
+    (S, then T). With a 2D model a Z axis is denoised plane by plane (as S).
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+    model_dims : {2, 3} or None
+        None (a model yet to be trained): keep a Z the layer declares, else 2D.
+
+    Returns
+    -------
+    axes : str
+    """
+    ndim = len(layer_data(layer).shape)
+    labels = "".join(str(label).upper() for label in getattr(layer, "axis_labels", ()))
+    for candidate in (str(layer.metadata.get("axes", "")).upper(), labels):
+        if _trusted(candidate, ndim):
+            axes = candidate
+            break
+    else:
+        rgb = bool(getattr(layer, "rgb", False))
+        base = ("ZYX" if model_dims == 3 and ndim - rgb >= 3 else "YX") + ("C" if rgb else "")
+        extra = max(ndim - len(base), 0)
+        axes = ("ST" if rgb else "STC")[:extra] + base
+    if model_dims == 2 and "Z" in axes and "S" not in axes:
+        axes = axes.replace("Z", "S")
+    return axes
+
+
+def check_axes_override(text: str, layer) -> str | None:
+    """Validate an axes override typed by the user; empty means "infer"."""
+    text = (text or "").strip()
+    return validate_axes(text, len(layer_data(layer).shape)) if text else None
+
+
+def result_layer(layer, data, name: str, metadata: dict, *, contrast=True) -> tuple:
+    """A layer-data tuple for ``data`` computed from ``layer``, placed where ``layer`` is.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        The input layer; it is not modified.
+    data : ndarray
+        The result, in the layer's axes (possibly with one extra trailing
+        channel axis, which is split into one layer per channel).
+    name : str
+    metadata : dict
+        Recorded under ``metadata["napari_flax_denoise"]``, beside a copy of
+        the input's metadata.
+    contrast : bool
+        Reuse the input's contrast limits (right for denoised intensities, not
+        for an uncertainty map).
+    """
+    kwargs = {
+        "name": name,
+        "scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate, "shear": layer.shear,
+        "affine": layer.affine.affine_matrix, "units": layer.units, "axis_labels": layer.axis_labels,
+        "blending": layer.blending,
+        "metadata": {**layer.metadata, "napari_flax_denoise": metadata},
+    }
+    if data.ndim == len(layer_data(layer).shape) + 1:  # a multi-channel output of a single-channel input
+        kwargs["channel_axis"] = -1
+    else:
+        kwargs.update(rgb=layer.rgb, colormap=layer.colormap.name)
+        if contrast:
+            kwargs["contrast_limits"] = layer.contrast_limits
+    return data, kwargs, "image"
+
+
+def preview_layer(layer, crop, preview) -> tuple:
+    """A layer-data tuple that lays a denoised preview crop over its place in ``layer``.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        The training layer the crop came from.
+    crop : PreviewCrop
+        Where the crop lies (see :func:`~napari_flax_denoise.plugin.jobs.preview_crop`).
+    preview : ndarray
+        The denoised crop, in ``crop.axes``.
+    """
+    spatial = [i for i, a in enumerate(crop.source_axes) if a in "ZYX"]
+    if "C" in crop.axes and not layer.rgb:  # show the first channel of a multi-channel image
+        preview = preview.take(0, axis=crop.axes.index("C"))
+    scale = [layer.scale[i] for i in spatial]
+    translate = [layer.translate[i] + start * layer.scale[i] for i, start in zip(spatial, crop.offset)]
+    kwargs = {"name": f"{layer.name} preview", "scale": scale, "translate": translate, "rgb": layer.rgb,
+              "colormap": layer.colormap.name, "contrast_limits": layer.contrast_limits,
+              "metadata": {"napari_flax_denoise": {"preview_of": layer.name}}}
+    return preview, kwargs, "image"

@@ -1,0 +1,49 @@
+"""Running core generators in napari's worker threads, and reporting their errors."""
+
+from __future__ import annotations
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+
+from ..errors import UserInputError
+
+
+def report(error: BaseException, action: str) -> None:
+    """Show ``error`` as a napari notification: user errors as they are, others with their type."""
+    if isinstance(error, UserInputError):
+        show_error(str(error))
+    else:
+        show_error(f"{action} failed ({type(error).__name__}: {error}).")
+
+
+def start(job, *args, action: str, on_yield, on_return, on_finish, **kwargs):
+    """Run generator function ``job`` in a worker thread; the viewer stays responsive.
+
+    Parameters
+    ----------
+    job : generator function
+        A core generator (yields progress, returns a result).
+    action : str
+        What the job does, for error messages ("Denoising").
+    on_yield, on_return, on_finish : callable
+        Called in the GUI thread with each yielded value, the result, and
+        nothing once the job ends in any way (done, failed or cancelled).
+
+    Returns
+    -------
+    worker : napari.qt.threading.GeneratorWorker
+        ``worker.quit()`` cancels between two yields.
+    """
+    # Handlers go in through _connect: given an "errored" handler, napari does not re-raise in the GUI thread.
+    connect = {"yielded": on_yield, "returned": on_return, "finished": on_finish,
+               "errored": lambda error: report(error, action)}
+    return create_worker(job, *args, _connect=connect, _start_thread=True, **kwargs)
+
+
+def follow(signal, widget, callback) -> None:
+    """Connect ``callback`` to a psygnal ``signal`` until ``widget`` (magicgui) is destroyed.
+
+    The model registry outlives dock widgets; a closed widget must not be called.
+    """
+    signal.connect(callback)
+    widget.native.destroyed.connect(lambda *_: signal.disconnect(callback))

@@ -1,0 +1,141 @@
+"""The Train / Fine-tune widget: train on layers in a worker thread with a live loss plot and preview."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton
+from magicgui.widgets import SpinBox, create_widget
+from napari.utils.notifications import show_info
+
+from ..checkpoint import save_model
+from ..config import ALGORITHMS, Config
+from ..errors import UserInputError
+from . import running
+from .jobs import train_with_preview
+from .layers import check_axes_override, infer_axes, layer_data, preview_layer
+from .loss_plot import LossPlot
+from .registry import MODELS
+
+NEW_MODEL = "(new model)"
+
+
+def _folder(value) -> Path | None:
+    return None if str(value) in ("", ".") else Path(value)
+
+
+class TrainWidget(Container):
+    """Train a model from scratch or fine-tune one, on image layers.
+
+    Start runs :func:`~napari_flax_denoise.plugin.jobs.train_with_preview` in
+    a worker thread. Stop ends training after the current step and keeps the
+    best weights. The trained model joins the Denoise widget's picker and can
+    be saved to a folder.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = viewer
+        self.worker = self.result = None
+        self._stop = threading.Event()
+        defaults = Config()
+        self.images = create_widget(annotation=list[napari.layers.Image], label="Noisy layer(s)")
+        self.target = create_widget(annotation=napari.layers.Image | None, label="Target (care, n2n)")
+        self.algorithm = ComboBox(label="Algorithm", choices=ALGORITHMS, value=defaults.algorithm)
+        self.start_from = ComboBox(label="Start from", choices=lambda _: [NEW_MODEL, *MODELS.names()])
+        self.axes = LineEdit(label="Axes", tooltip="Leave empty to infer (e.g. YX, ZYX, TYX).")
+        self.epochs = SpinBox(label="Epochs", value=defaults.epochs, min=1, max=100_000)
+        self.steps_per_epoch = SpinBox(label="Steps per epoch", value=defaults.steps_per_epoch, min=1, max=100_000)
+        self.patch_size = SpinBox(label="Patch size", value=defaults.patch_size, min=8, max=1024, step=8)
+        self.batch_size = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=1024)
+        self.learning_rate = FloatSpinBox(label="Learning rate", value=defaults.learning_rate, min=1e-6, max=1.0,
+                                          step=1e-4)
+        self.val_fraction = FloatSpinBox(label="Validation fraction", value=defaults.val_fraction, min=0.0,
+                                         max=0.5, step=0.05)
+        self.preview_every = SpinBox(label="Preview every (steps)", value=25, min=0, max=100_000,
+                                     tooltip="0 turns the live preview off.")
+        self.folder = FileEdit(label="Model folder", mode="d",
+                               tooltip="Where the model is saved (during training if set before Start).")
+        self.start_button, self.stop_button = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
+        self.save_button = PushButton(text="Save model", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
+        self.status = Label(value="")
+        self.plot = LossPlot()
+        self.extend([self.images, self.target, self.algorithm, self.start_from, self.axes, self.epochs,
+                     self.steps_per_epoch, self.patch_size, self.batch_size, self.learning_rate, self.val_fraction,
+                     self.preview_every, self.folder, self.start_button, self.stop_button, self.save_button,
+                     self.progress, self.status])
+        self.native.layout().addWidget(self.plot)
+        self.start_button.changed.connect(self.start)
+        self.stop_button.changed.connect(self.stop)
+        self.save_button.changed.connect(self.save)
+        running.follow(MODELS.changed, self, self.start_from.reset_choices)
+
+    def start(self):
+        """Start training (a notification explains anything that prevents it)."""
+        try:
+            layers = list(self.images.value)
+            if not layers:
+                raise UserInputError("Choose at least one noisy image layer to train on.")
+            init = None if self.start_from.value == NEW_MODEL else MODELS.get(self.start_from.value)
+            dims = init.config.dims if init is not None else None
+            axes = check_axes_override(self.axes.value, layers[0]) or infer_axes(layers[0], dims)
+            images = [np.asarray(layer_data(layer)) for layer in layers]
+            targets = [np.asarray(layer_data(self.target.value))] if self.target.value is not None else None
+        except UserInputError as error:
+            running.report(error, "Training")
+            return
+        self._stop.clear()
+        self.plot.clear()
+        self.result = None
+        self._running(True)
+        self.worker = running.start(
+            train_with_preview, images, axes=axes, targets=targets, init=init, output=_folder(self.folder.value),
+            stop=self._stop.is_set, preview_every=self.preview_every.value, action="Training",
+            algorithm=self.algorithm.value, epochs=self.epochs.value, steps_per_epoch=self.steps_per_epoch.value,
+            patch_size=self.patch_size.value, batch_size=self.batch_size.value,
+            learning_rate=self.learning_rate.value, val_fraction=self.val_fraction.value,
+            on_yield=lambda update: self._on_update(layers[0], update), on_return=self._on_result,
+            on_finish=lambda: self._running(False))
+
+    def stop(self):
+        """Ask training to end after the current step; the best weights are kept."""
+        self._stop.set()
+
+    def save(self):
+        """Save the last trained model to the chosen folder."""
+        folder = _folder(self.folder.value)
+        if folder is None or self.result is None:
+            running.report(UserInputError("Choose a model folder first, then click Save model."), "Saving")
+            return
+        save_model(self.result.model, folder)
+        MODELS.add(folder.name, self.result.model)
+        show_info(f"Model saved to {folder}.")
+
+    def _running(self, on: bool):
+        self.start_button.enabled, self.stop_button.enabled = not on, on
+        self.save_button.enabled = not on and self.result is not None
+
+    def _on_update(self, layer, update):
+        event = update.progress
+        self.progress.max, self.progress.value = event.total_steps, event.step
+        self.plot.add(event.step, event.train_loss, event.val_loss)
+        minutes, seconds = divmod(int(event.eta_seconds), 60)
+        val = f" · val {event.val_loss:.4g}" if event.val_loss is not None else ""
+        self.status.value = (f"epoch {event.epoch}/{event.epochs} · step {event.step}/{event.total_steps} · "
+                             f"loss {event.train_loss:.4g}{val} · ETA {minutes}:{seconds:02d}")
+        if update.preview is not None:
+            data, kwargs, _ = preview_layer(layer, update.crop, update.preview)
+            if kwargs["name"] in self.viewer.layers:
+                self.viewer.layers[kwargs["name"]].data = data
+            else:
+                self.viewer.add_image(data, **kwargs)
+
+    def _on_result(self, result):
+        self.result = result
+        folder = _folder(self.folder.value)
+        name = MODELS.add(folder.name if folder else f"{result.model.config.algorithm} model", result.model)
+        show_info(f"Training ended ({result.stopped.replace('_', ' ')}); '{name}' is ready in the Denoise widget.")

@@ -1,0 +1,111 @@
+"""The plugin's GUI-free parts: manifest discovery, samples, layer conversions, jobs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_flax_denoise import UserInputError, denoise
+from napari_flax_denoise.plugin.jobs import preview_crop, train_with_preview
+from napari_flax_denoise.plugin.layers import infer_axes, layer_data, result_layer
+from napari_flax_denoise.samples import cell_pair, ct_2d, fmri_3d, nuclei_2d
+
+napari_layers = pytest.importorskip("napari.layers")
+
+
+def test_manifest_discovery_and_widget_list_import_no_jax():
+    code = (
+        "import sys, npe2\n"
+        "pm = npe2.PluginManager.instance(); pm.discover()\n"
+        "manifest = pm.get_manifest('napari-flax-denoise')\n"
+        "print(sorted(w.display_name for w in manifest.contributions.widgets))\n"
+        "print(sorted(s.key for s in manifest.contributions.sample_data))\n"
+        "print('jax' in sys.modules, 'flax' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "['Denoise', 'Train / Fine-tune']"
+    assert out[1] == "['cell_pair', 'ct_2d', 'fmri_3d', 'nuclei_2d']"
+    assert out[2] == "False False"
+
+
+@pytest.mark.parametrize("loader, shape, axes, scale", [
+    (nuclei_2d, (512, 512), "YX", (1.0, 1.0)),
+    (fmri_3d, (24, 96, 128), "ZYX", (2.2, 2.0, 2.0)),
+    (ct_2d, (128, 128), "YX", (0.661468, 0.661468)),
+])
+def test_samples_carry_axes_and_spacing(loader, shape, axes, scale):
+    [(data, kwargs, kind)] = loader()
+    assert kind == "image" and data.shape == shape and kwargs["metadata"]["axes"] == axes
+    np.testing.assert_allclose(kwargs["scale"], scale, rtol=1e-5)
+    assert data.std() > 0
+
+
+def test_cell_pair_is_a_noisy_clean_pair():
+    (noisy, _, _), (clean, _, _) = cell_pair()
+    assert noisy.shape == clean.shape
+    correlation = np.corrcoef(noisy.ravel().astype(float), clean.ravel().astype(float))[0, 1]
+    assert 0.5 < correlation < 0.999  # the same scene, visibly noisy
+
+
+@pytest.mark.parametrize("shape, kwargs, dims, expected", [
+    ((64, 64), {}, 2, "YX"),
+    ((5, 64, 64), {}, 2, "SYX"),
+    ((5, 64, 64), {}, 3, "ZYX"),
+    ((3, 5, 64, 64), {}, 3, "SZYX"),
+    ((64, 64, 3), {"rgb": True}, 2, "YXC"),
+    ((5, 64, 64), {"metadata": {"axes": "ZYX"}}, 3, "ZYX"),
+    ((5, 64, 64), {"metadata": {"axes": "ZYX"}}, 2, "SYX"),  # a 2D model goes plane by plane
+    ((5, 64, 64), {"metadata": {"axes": "ZYX"}}, None, "ZYX"),
+    ((4, 64, 64), {"axis_labels": ("t", "y", "x")}, 2, "TYX"),
+])
+def test_infer_axes(shape, kwargs, dims, expected):
+    layer = napari_layers.Image(np.zeros(shape, np.uint8), **kwargs)
+    assert infer_axes(layer, dims) == expected
+
+
+@pytest.mark.parametrize("layer", [
+    None,
+    napari_layers.Labels(np.zeros((8, 8), np.uint8), name="cells"),
+    napari_layers.Points(np.zeros((3, 2)), name="spots"),
+])
+def test_non_image_layers_are_refused_by_name(layer):
+    with pytest.raises(UserInputError, match="image layer"):
+        layer_data(layer)
+
+
+def test_result_layer_keeps_placement_and_records_settings():
+    source = napari_layers.Image(np.zeros((4, 16, 16)), scale=(2.0, 0.5, 0.5), translate=(1, 2, 3),
+                                 rotate=30, metadata={"origin": "scope"}, name="raw")
+    data, kwargs, kind = result_layer(source, np.ones((4, 16, 16), np.float32), "raw denoised", {"tta": True})
+    layer = napari_layers.Image(data, **kwargs)
+    np.testing.assert_allclose(layer.scale, source.scale)
+    np.testing.assert_allclose(layer.translate, source.translate)
+    np.testing.assert_allclose(layer.rotate, source.rotate)
+    np.testing.assert_allclose(layer.affine.affine_matrix, source.affine.affine_matrix)
+    assert layer.metadata == {"origin": "scope", "napari_flax_denoise": {"tta": True}}
+    assert layer.name == "raw denoised"
+
+
+def test_preview_crop_is_central_and_spatial():
+    image = np.arange(3 * 300 * 280).reshape(3, 300, 280)
+    crop = preview_crop(image, "TYX")
+    assert crop.axes == "YX" and crop.data.shape == (256, 256) and crop.offset == (22, 12)
+    np.testing.assert_array_equal(crop.data, image[0, 22:278, 12:268])
+
+
+def test_train_with_preview_previews_with_current_weights(noisy, tiny_config):
+    run = train_with_preview([noisy], axes="YX", preview_every=3, config=tiny_config)
+    updates = []
+    while True:
+        try:
+            updates.append(next(run))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    steps = [u.progress.step for u in updates if u.preview is not None]
+    assert steps == [1, 3, 6, 8]
+    last = updates[-1]
+    np.testing.assert_allclose(last.preview, denoise(last.crop.data, last.progress.snapshot(), axes="YX"), atol=1e-5)
+    assert result.stopped == "completed"
+    assert [u.progress.step for u in updates] == list(range(1, 9))

@@ -1,0 +1,218 @@
+"""The widgets in a real napari viewer (Qt under Xvfb), loaded through the manifest."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_flax_denoise import denoise  # noqa: E402
+from napari_flax_denoise.plugin.registry import MODELS  # noqa: E402
+
+PLUGIN = "napari-flax-denoise"
+TIMEOUT = 120_000  # ms; generous for a loaded 2-core CI machine
+
+
+def _digest(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def denoiser(viewer, tiny_model):
+    name = MODELS.add("tiny", tiny_model)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    widget.model.value = name
+    return widget
+
+
+def _run(qtbot, widget, button):
+    button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is not None and not widget.run_button.enabled, timeout=5_000) \
+        if button is widget.run_button else None
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=TIMEOUT)
+
+
+def test_denoise_a_2d_sample_keeps_placement_and_input(viewer, denoiser, qtbot, tiny_model):
+    [layer] = viewer.open_sample(PLUGIN, "nuclei_2d")
+    layer.scale, layer.translate = (0.5, 0.25), (10, 20)
+    before = _digest(layer.data)
+    denoiser.image.value = layer
+    assert denoiser.info.value == "Inferred axes: YX"
+    _run(qtbot, denoiser, denoiser.run_button)
+    result = viewer.layers["nuclei (noisy) denoised"]
+    np.testing.assert_allclose(result.scale, (0.5, 0.25))
+    np.testing.assert_allclose(result.translate, (10, 20))
+    assert result.metadata["napari_flax_denoise"]["model"] == "tiny"
+    assert result.metadata["napari_flax_denoise"]["axes"] == "YX"
+    assert result.metadata["axes"] == "YX"  # the input's metadata is carried over
+    np.testing.assert_allclose(result.data, denoise(layer.data, tiny_model, axes="YX"), atol=1e-4)
+    assert _digest(layer.data) == before
+    assert denoiser.progress.value == denoiser.progress.max
+
+
+def test_denoise_a_3d_sample_plane_by_plane_with_uncertainty(viewer, denoiser, qtbot):
+    [layer] = viewer.open_sample(PLUGIN, "fmri_3d")
+    before = _digest(layer.data)
+    denoiser.image.value = layer
+    denoiser.uncertainty.value = True
+    assert denoiser.tta.value  # the uncertainty map comes from test-time augmentation
+    _run(qtbot, denoiser, denoiser.run_button)
+    result, std = viewer.layers["fMRI volume (noisy) denoised"], viewer.layers["fMRI volume (noisy) uncertainty"]
+    assert result.data.shape == std.data.shape == layer.data.shape
+    np.testing.assert_allclose(result.scale, (2.2, 2.0, 2.0), rtol=1e-5)
+    assert result.metadata["napari_flax_denoise"]["axes"] == "SYX" and result.metadata["napari_flax_denoise"]["tta"]
+    assert std.data.min() >= 0 and std.data.max() > 0
+    assert _digest(layer.data) == before
+
+
+def test_a_lazy_dask_layer_is_denoised_plane_by_plane(viewer, denoiser, qtbot, noisy, tiny_model):
+    da = pytest.importorskip("dask.array")
+    stack = np.stack([noisy, noisy[::-1]])
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, *noisy.shape)), name="lazy", metadata={"axes": "TYX"})
+    denoiser.image.value = layer
+    _run(qtbot, denoiser, denoiser.run_button)
+    np.testing.assert_allclose(viewer.layers["lazy denoised"].data, denoise(stack, tiny_model, axes="TYX"), atol=1e-4)
+
+
+def test_cancel_stops_denoising_without_adding_a_layer(viewer, denoiser, qtbot):
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.normal(100, 10, (12, 600, 600)).astype(np.float32), name="big")
+    denoiser.image.value = viewer.layers["big"]
+    denoiser.run_button.native.click()
+    qtbot.waitUntil(lambda: denoiser.progress.value >= 1, timeout=TIMEOUT)
+    denoiser.cancel_button.native.click()
+    qtbot.waitUntil(lambda: denoiser.run_button.enabled, timeout=TIMEOUT)
+    assert "big denoised" not in viewer.layers
+    assert denoiser.progress.value < denoiser.progress.max
+
+
+def _errors_after(action):
+    seen = len(notification_manager.records)
+    action()
+    return [str(n.message) for n in notification_manager.records[seen:]]
+
+
+@pytest.mark.parametrize("make_layer, axes, expected", [
+    (lambda v: v.add_labels(np.zeros((32, 32), np.uint8), name="masks"), "", "'masks' is a Labels layer"),
+    (lambda v: v.add_points(np.zeros((3, 2)), name="spots"), "", "'spots' is a Points layer"),
+    (lambda v: v.add_image(np.zeros((1, 1), np.float32), name="dot"), "", "too small"),
+    (lambda v: v.add_image(np.full((32, 32), 7, np.uint16), name="flat"), "", "constant"),
+    (lambda v: v.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb_as_tyx"), "TYX", "too small along X=3"),
+    (lambda v: v.add_image(np.ones((32, 32), np.float32), name="wrong_axes"), "ZYX", "one letter per image dimension"),
+    (lambda v: v.add_image(np.ones((32, 32), np.float32), name="bad_letters"), "QX", "axes"),
+])
+def test_bad_layers_give_a_notification_not_a_crash(viewer, denoiser, qtbot, make_layer, axes, expected):
+    layer = make_layer(viewer)
+    layers_before = len(viewer.layers)
+    denoiser.image.reset_choices()
+    denoiser.image.value = layer
+    denoiser.axes.value = axes
+
+    def click():
+        denoiser.run_button.native.click()
+        qtbot.waitUntil(lambda: denoiser.run_button.enabled, timeout=TIMEOUT)
+
+    messages = _errors_after(click)
+    assert any(expected.lower() in m.lower() for m in messages), messages
+    assert len(viewer.layers) == layers_before
+
+
+def test_no_image_layer_and_no_model_give_notifications(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    widget.model.value = None if None in widget.model.choices else widget.model.value
+    messages = _errors_after(widget.run_button.native.click)
+    assert messages and ("model" in messages[0].lower() or "image layer" in messages[0].lower())
+
+
+def _trainer(viewer, **values):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / Fine-tune")
+    settings = dict(epochs=2, steps_per_epoch=3, patch_size=32, batch_size=4, preview_every=2)
+    for name, value in {**settings, **values}.items():
+        getattr(widget, name).value = value
+    return widget
+
+
+def _train(qtbot, widget):
+    widget.start_button.native.click()
+    qtbot.waitUntil(lambda: widget.start_button.enabled and widget.result is not None, timeout=TIMEOUT)
+
+
+def test_training_plots_previews_saves_and_feeds_the_denoise_widget(viewer, qtbot, tmp_path):
+    [layer] = viewer.open_sample(PLUGIN, "nuclei_2d")
+    layer.scale = (0.5, 0.5)
+    before = _digest(layer.data)
+    folder = tmp_path / "nuclei model"
+    trainer = _trainer(viewer, folder=folder)
+    trainer.images.value = [layer]
+    _train(qtbot, trainer)
+    assert [s for s, _ in trainer.plot.train] == list(range(1, 7))
+    assert [s for s, _ in trainer.plot.val] == [3, 6]
+    preview = viewer.layers["nuclei (noisy) preview"]
+    assert preview.data.shape == (256, 256)
+    np.testing.assert_allclose(preview.translate, (64, 64))  # the centre crop starts at pixel 128
+    assert (folder / "model.json").is_file()
+    assert trainer.result.stopped == "completed" and trainer.progress.value == 6
+    assert "ETA" in trainer.status.value
+    _, denoiser = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    assert denoiser.model.value == "nuclei model"  # the newest model is preselected
+    denoiser.image.value = layer
+    _run(qtbot, denoiser, denoiser.run_button)
+    assert viewer.layers["nuclei (noisy) denoised"].metadata["napari_flax_denoise"]["model"] == "nuclei model"
+    assert _digest(layer.data) == before
+
+
+def test_fine_tuning_starts_from_a_registered_model(viewer, qtbot, tiny_model, noisy):
+    MODELS.add("tiny", tiny_model)
+    layer = viewer.add_image(noisy, name="noisy")
+    trainer = _trainer(viewer, epochs=1, preview_every=0)
+    trainer.images.value = [layer]
+    trainer.start_from.value = "tiny"
+    _train(qtbot, trainer)
+    assert trainer.result.model.info["fine_tuned_from"] is not None
+    assert trainer.result.model.config.features == tiny_model.config.features  # the architecture is kept
+    assert "noisy preview" not in viewer.layers
+
+
+def test_stop_ends_care_training_within_a_step_and_keeps_a_model(viewer, qtbot):
+    noisy, clean = viewer.open_sample(PLUGIN, "cell_pair")
+    trainer = _trainer(viewer, epochs=1000, steps_per_epoch=2, algorithm="care", preview_every=0)
+    trainer.images.value = [noisy]
+    trainer.target.value = clean
+    trainer.start_button.native.click()
+    qtbot.waitUntil(lambda: len(trainer.plot.val) >= 2, timeout=TIMEOUT)
+    trainer.stop_button.native.click()
+    asked = len(trainer.plot.train)
+    qtbot.waitUntil(lambda: trainer.start_button.enabled, timeout=TIMEOUT)
+    assert trainer.result.stopped == "stop_requested"
+    assert len(trainer.plot.train) <= asked + 1
+    assert trainer.result.model.config.algorithm == "care"
+    assert trainer.save_button.enabled
+
+
+def test_training_without_a_layer_or_with_a_bad_target_gives_a_notification(viewer, qtbot):
+    trainer = _trainer(viewer)
+    assert any("at least one noisy image" in m for m in _errors_after(trainer.start_button.native.click))
+    a = viewer.add_image(np.random.default_rng(0).normal(size=(64, 64)), name="a")
+    b = viewer.add_image(np.random.default_rng(1).normal(size=(48, 64)), name="b")
+    trainer.images.reset_choices()
+    trainer.target.reset_choices()
+    trainer.images.value = [a]
+    trainer.target.value = b
+    trainer.algorithm.value = "care"
+
+    def click():
+        trainer.start_button.native.click()
+        qtbot.waitUntil(lambda: trainer.start_button.enabled, timeout=TIMEOUT)
+
+    assert any("must match their images" in m for m in _errors_after(click))
+    assert trainer.result is None
