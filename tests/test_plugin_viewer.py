@@ -10,7 +10,7 @@ pytest.importorskip("pytestqt")
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from napari_flax_denoise import denoise  # noqa: E402
+from napari_flax_denoise import denoise, save_model  # noqa: E402
 from napari_flax_denoise.plugin.registry import MODELS  # noqa: E402
 
 PLUGIN = "napari-flax-denoise"
@@ -171,12 +171,14 @@ def test_training_plots_previews_saves_and_feeds_the_denoise_widget(viewer, qtbo
     assert _digest(layer.data) == before
 
 
-def test_fine_tuning_starts_from_a_registered_model(viewer, qtbot, tiny_model, noisy):
-    MODELS.add("tiny", tiny_model)
+def test_fine_tuning_starts_from_a_loaded_model_folder(viewer, qtbot, tiny_model, noisy, tmp_path):
+    save_model(tiny_model, tmp_path / "saved tiny")
     layer = viewer.add_image(noisy, name="noisy")
     trainer = _trainer(viewer, epochs=1, preview_every=0)
     trainer.images.value = [layer]
-    trainer.start_from.value = "tiny"
+    assert _errors_after(lambda: setattr(trainer.model_folder, "value", tmp_path))  # not a model folder
+    trainer.model_folder.value = tmp_path / "saved tiny"
+    assert trainer.start_from.value == "saved tiny"
     _train(qtbot, trainer)
     assert trainer.result.model.info["fine_tuned_from"] is not None
     assert trainer.result.model.config.features == tiny_model.config.features  # the architecture is kept

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton
 from magicgui.widgets import create_widget
@@ -43,7 +41,7 @@ class DenoiseWidget(Container):
                      self.info, self.run_button, self.cancel_button, self.progress])
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
-        self.model_folder.changed.connect(self._load_folder)
+        self.model_folder.changed.connect(lambda folder: running.load_model_folder(folder, self.model))
         self.uncertainty.changed.connect(lambda on: on and setattr(self.tta, "value", True))
         self.image.changed.connect(self._show_axes)
         self.model.changed.connect(self._show_axes)
@@ -59,14 +57,6 @@ class DenoiseWidget(Container):
     def _models_changed(self):
         self.model.reset_choices()
         self.model.value = MODELS.names()[-1]
-
-    def _load_folder(self, folder: Path):
-        if str(folder) in ("", "."):
-            return
-        try:
-            self.model.value = MODELS.add_folder(folder)
-        except UserInputError as error:
-            running.report(error, "Loading the model")
 
     def _show_axes(self, *_):
         try:

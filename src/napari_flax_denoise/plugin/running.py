@@ -47,3 +47,21 @@ def follow(signal, widget, callback) -> None:
     """
     signal.connect(callback)
     widget.native.destroyed.connect(lambda *_: signal.disconnect(callback))
+
+
+def load_model_folder(folder, picker) -> None:
+    """Register the model directory ``folder`` and select it in ``picker`` (a ComboBox).
+
+    An empty path does nothing; a folder that is not a model gives a notification.
+    """
+    from .registry import MODELS
+
+    if str(folder) in ("", "."):
+        return
+    try:
+        name = MODELS.add_folder(folder)
+    except UserInputError as error:
+        report(error, "Loading the model")
+        return
+    picker.reset_choices()
+    picker.value = name

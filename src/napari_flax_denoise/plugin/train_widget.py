@@ -46,6 +46,7 @@ class TrainWidget(Container):
         self.target = create_widget(annotation=napari.layers.Image | None, label="Target (care, n2n)")
         self.algorithm = ComboBox(label="Algorithm", choices=ALGORITHMS, value=defaults.algorithm)
         self.start_from = ComboBox(label="Start from", choices=lambda _: [NEW_MODEL, *MODELS.names()])
+        self.model_folder = FileEdit(label="Load model", mode="d", tooltip="A saved model to fine-tune.")
         self.axes = LineEdit(label="Axes", tooltip="Leave empty to infer (e.g. YX, ZYX, TYX).")
         self.epochs = SpinBox(label="Epochs", value=defaults.epochs, min=1, max=100_000)
         self.steps_per_epoch = SpinBox(label="Steps per epoch", value=defaults.steps_per_epoch, min=1, max=100_000)
@@ -64,7 +65,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.status = Label(value="")
         self.plot = LossPlot()
-        self.extend([self.images, self.target, self.algorithm, self.start_from, self.axes, self.epochs,
+        self.extend([self.images, self.target, self.algorithm, self.start_from, self.model_folder, self.axes, self.epochs,
                      self.steps_per_epoch, self.patch_size, self.batch_size, self.learning_rate, self.val_fraction,
                      self.preview_every, self.folder, self.start_button, self.stop_button, self.save_button,
                      self.progress, self.status])
@@ -72,6 +73,7 @@ class TrainWidget(Container):
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save)
+        self.model_folder.changed.connect(lambda folder: running.load_model_folder(folder, self.start_from))
         running.follow(MODELS.changed, self, self.start_from.reset_choices)
 
     def start(self):
