@@ -121,13 +121,13 @@ def noisy_versions(clean, rng):
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def train_with_curve(images, noisy, clean, config, marks, targets=None):
+def train_with_curve(images, noisy, clean, config, marks, targets=None, init=None):
     """Train on ``images`` (and ``targets``), scoring the denoised ``noisy``
     against ``clean`` at the steps in ``marks``; returns (model, curve).
 
     The curve's seconds count training only, not the scoring.
     """
-    run = train_iter(images, axes="YX", targets=targets, config=config)
+    run = train_iter(images, axes="YX", targets=targets, config=config, init=init)
     curve, training = [], 0.0
     while True:
         start = time.perf_counter()
@@ -161,6 +161,9 @@ def quality(images, noise_names, steps, curve_every):
             model, curve = train_with_curve(noisy, noisy, clean, base, marks)
             row["n2v2"] = {**score(denoise(noisy, model, axes="YX")), "steps": steps, "curve": curve}
             row["n2v2_tta"] = score(denoise(noisy, model, axes="YX", tta=True))
+            row["default"] = score(denoise(noisy, "general-2d", axes="YX"))  # embedded, no training
+            tuned, curve = train_with_curve(noisy, noisy, clean, base, marks, init="general-2d")
+            row["n2v2_from_default"] = {**score(denoise(noisy, tuned, axes="YX")), "steps": steps, "curve": curve}
             others = [k for k in images if k != name]
             if others:
                 care, curve = train_with_curve(
@@ -171,7 +174,8 @@ def quality(images, noise_names, steps, curve_every):
             rows.append(row)
             print(f"{name:8s} {noise:10s} noisy {row['noisy']['psnr']:.2f}  nlm {row['nlm']['psnr']:.2f}  "
                   f"jinv {row['jinv']['psnr']:.2f}  n2v2 {row['n2v2']['psnr']:.2f}  "
-                  f"n2v2+tta {row['n2v2_tta']['psnr']:.2f}  care {row.get('care', {}).get('psnr', float('nan')):.2f}",
+                  f"n2v2+tta {row['n2v2_tta']['psnr']:.2f}  default {row['default']['psnr']:.2f}  "
+                  f"n2v2 from default {row['n2v2_from_default']['psnr']:.2f}  care {row.get('care', {}).get('psnr', float('nan')):.2f}",
                   flush=True)
     return rows
 
@@ -213,16 +217,23 @@ def markdown(results):
         lines.append("PSNR in dB (SSIM) against the clean image; n2v2 is trained on the noisy image itself, "
                      "care on the other images with the same noise, both for "
                      f"{results['quality'][0]['n2v2']['steps']} steps.\n")
-        lines.append("| image | noise | noisy | NLM | J-inv NLM | n2v2 | n2v2 + TTA | care |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("| image | noise | noisy | NLM | J-inv NLM | n2v2 | n2v2 + TTA | care | general-2d (no training) "
+                     "| n2v2 from general-2d |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in results["quality"]:
             cell = lambda s: f"{s['psnr']:.2f} ({s['ssim']:.3f})" if s else "-"  # noqa: E731
             lines.append(f"| {r['image']} | {r['noise']} | {cell(r['noisy'])} | {cell(r['nlm'])} | {cell(r['jinv'])} "
-                         f"| {cell(r['n2v2'])} | {cell(r['n2v2_tta'])} | {cell(r.get('care'))} |")
+                         f"| {cell(r['n2v2'])} | {cell(r['n2v2_tta'])} | {cell(r.get('care'))} "
+                         f"| {cell(r.get('default'))} | {cell(r.get('n2v2_from_default'))} |")
         lines.append("")
         lines.append("n2v2 PSNR against training time (first image, first noise): " + ", ".join(
             f"{c['step']} steps / {c['train_seconds']:.0f} s: {c['psnr']:.2f} dB"
             for c in results["quality"][0]["n2v2"]["curve"]))
+        if "n2v2_from_default" in results["quality"][0]:
+            lines.append("")
+            lines.append("The same, fine-tuned from the embedded general-2d: " + ", ".join(
+                f"{c['step']} steps / {c['train_seconds']:.0f} s: {c['psnr']:.2f} dB"
+                for c in results["quality"][0]["n2v2_from_default"]["curve"]))
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,8 @@ import sys
 
 CORE = ["axes", "config", "model", "masking", "patches", "data", "steps", "training", "prediction",
         "checkpoint", "resume", "files", "metrics", "baselines", "cli", "samples",
-        "plugin.layers", "plugin.jobs", "plugin.registry"]
+        "plugin.layers", "plugin.jobs", "plugin.registry", "plugin.file_io", "dicom", "nifti", "zarr_store",
+        "embedded", "cluster", "devices"]
 
 
 def _modules_after(code):

@@ -20,3 +20,15 @@ def test_round_trip(method, dtype):
 def test_constant_image_is_refused():
     with pytest.raises(UserInputError, match="constant"):
         Normalization.fit([np.full((1, 8, 8, 1), 7.0)])
+
+
+def test_per_image_normalisation_follows_each_image_scale(noisy, tiny_config):
+    from napari_flax_denoise import denoise, train
+
+    config = tiny_config.replace(normalize_per_image=True, algorithm="care")
+    model = train([noisy, noisy * 40 + 1000], targets=[noisy, noisy * 40 + 1000], axes="YX", config=config).model
+    assert model.input_norm.method == "identity"
+    small = denoise(noisy, model, axes="YX")
+    large = denoise(noisy * 40 + 1000, model, axes="YX")
+    # The same picture at another intensity scale gives the same result at that scale.
+    np.testing.assert_allclose(large, small * 40 + 1000, rtol=1e-4, atol=0.05 * 40)

@@ -110,3 +110,18 @@ def test_lazy_stack_is_read_plane_by_plane_and_matches_eager(tiny_model, noisy):
     assert lazy.reads == [noisy.shape] * 4  # one Y X plane per (T, C), never the whole stack
     np.testing.assert_allclose(mean, eager_mean, atol=1e-4)
     np.testing.assert_allclose(std, eager_std, atol=1e-4)
+
+
+def test_a_blank_frame_in_a_lazy_stack_stays_blank(tiny_model, noisy):
+    stack = np.stack([noisy, np.full_like(noisy, 7.0)])
+    out = denoise(RecordingArray(stack), tiny_model, axes="TYX")
+    np.testing.assert_array_equal(out[1], 7.0)
+    np.testing.assert_allclose(out[0], denoise(noisy, tiny_model, axes="YX"), atol=1e-4)
+
+
+def test_out_receives_a_lazy_stack_plane_by_plane(tiny_model, noisy):
+    stack = np.stack([noisy, noisy[::-1], noisy.T])
+    out = np.full(stack.shape, np.nan, np.float32)
+    returned = denoise(RecordingArray(stack), tiny_model, axes="TYX", out=out)
+    assert returned is out
+    np.testing.assert_allclose(out, denoise(stack, tiny_model, axes="TYX"), atol=1e-4)

@@ -16,6 +16,7 @@ _API = {
     "load_model": "checkpoint", "save_model": "checkpoint", "TrainedModel": "checkpoint",
     "evaluate": "metrics", "psnr": "metrics", "ssim": "metrics", "mse": "metrics",
     "classical_denoise": "baselines", "Config": "config", "UserInputError": "errors",
+    "open_image": "files", "write_image": "files", "ImageFile": "files", "embedded_models": "embedded",
 }
 __all__ = sorted(_API) + ["__version__"]
 

@@ -1,4 +1,4 @@
-"""The ``flax-denoise`` command line: ``train``, ``denoise`` and ``evaluate``.
+"""The ``flax-denoise`` command line: ``train``, ``denoise``, ``evaluate`` and ``models``.
 
 Mistakes the user can fix print one sentence and exit with status 2;
 anything else is a bug and keeps its traceback.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 
 from .errors import UserInputError
 
@@ -30,12 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train or fine-tune a denoising model")
-    train.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images (TIFF, .npy, PNG)")
-    train.add_argument("--axes", required=True, help="axes of every input, e.g. YX, ZYX, TYX, CYX")
+    train.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="noisy images (TIFF, .npy, PNG, NIfTI, zarr, DICOM file or series folder)")
+    train.add_argument("--axes", help="axes of every input, e.g. YX, ZYX, TYX, CYX (default: from the file)")
     train.add_argument("--output", required=True, metavar="MODEL_DIR", help="model directory to write")
     train.add_argument("--algorithm", choices=["n2v2", "n2v", "care", "n2n"])
     train.add_argument("--target", nargs="+", metavar="TARGET", help="clean (care) or second noisy (n2n) images, one per input")
-    train.add_argument("--init", metavar="MODEL", help="model directory to fine-tune")
+    train.add_argument("--init", metavar="MODEL", help="model directory or embedded model name to fine-tune")
     train.add_argument("--epochs", type=_positive_int)
     train.add_argument("--steps-per-epoch", type=_positive_int)
     train.add_argument("--patch-size", type=_positive_int)
@@ -48,15 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     denoise = commands.add_parser("denoise", help="denoise an image with a trained model")
-    denoise.add_argument("input", metavar="INPUT")
+    denoise.add_argument("input", metavar="INPUT",
+                         help="TIFF, .npy, PNG, NIfTI, zarr / OME-Zarr, a .dcm file or a DICOM series folder")
     denoise.add_argument("--output", required=True, metavar="OUTPUT")
-    denoise.add_argument("--model", metavar="MODEL", help="model directory")
+    denoise.add_argument("--model", metavar="MODEL",
+                         help="model directory or embedded model name (default: the embedded default)")
     denoise.add_argument("--axes", help="axes of the input (read from OME-TIFF when omitted)")
     denoise.add_argument("--tile-shape", nargs="+", type=_positive_int, metavar="T")
     denoise.add_argument("--tta", action="store_true", help="average the 8 flips / rotations")
     denoise.add_argument("--uncertainty", metavar="OUTPUT", help="write the TTA standard deviation here (implies --tta)")
+    denoise.add_argument("--scheduler", metavar="ADDRESS",
+                         help="dask.distributed scheduler to spread the planes over (e.g. tcp://10.0.0.5:8786)")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    commands.add_parser("models", help="list the embedded models, one per line")
     evaluate = commands.add_parser("evaluate", help="PSNR / SSIM / MSE of a prediction against a target")
     evaluate.add_argument("prediction", metavar="PREDICTION")
     evaluate.add_argument("--target", required=True)
@@ -95,6 +103,14 @@ def _read(path, axes=None):
     return image, (axes or file_axes)
 
 
+def _open(path):
+    """The input (lazy for zarr), the axes the file records (or None) and its spacing."""
+    from .files import open_image
+
+    opened = open_image(path)
+    return opened.data, opened.axes, opened.spacing
+
+
 def _train(args):
     from .config import Config
     from .training import train_iter
@@ -102,7 +118,10 @@ def _train(args):
     config = Config.from_json(args.config) if args.config else None
     images, axes = [], args.axes
     for path in args.inputs:
-        images.append(_read(path)[0])
+        image, axes = _read(path, axes)
+        images.append(image)
+    if axes is None:
+        raise UserInputError("The inputs record no axes; give --axes (e.g. YX, ZYX or TYX).")
     targets = [_read(path)[0] for path in args.target] if args.target else None
     overrides = {k: v for k, v in dict(
         algorithm=args.algorithm, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
@@ -120,26 +139,89 @@ def _train(args):
     print(f"Saved model to {result.output} ({result.stopped}, best validation loss {best:.4g}).")
 
 
+def _default_model(axes: str, ndim: int) -> tuple[str, str]:
+    """The embedded default's name for these axes, and the axes to use it with."""
+    from .axes import spatial_dims, validate_axes
+    from .embedded import default_model_name, load_embedded
+
+    dims = spatial_dims(validate_axes(axes, ndim))
+    name = default_model_name(dims)  # a name, which workers and resolve_model can load
+    if dims != load_embedded(name).config.dims and "S" not in axes:  # a 2D default on a 3D stack
+        print(f"Denoising the {axes} stack plane by plane with the embedded 2D model '{name}'.", file=sys.stderr)
+        axes = axes.replace("Z", "S")
+    return name, axes
+
+
 def _denoise(args):
     from .files import write_image
     from .prediction import denoise_iter
 
-    if args.model is None:
-        raise UserInputError("Give a model directory with --model (train one with 'flax-denoise train').")
-    image, axes = _read(args.input, args.axes)
+    image, file_axes, spacing = _open(args.input)
+    axes = args.axes or file_axes
     if axes is None:
-        axes = {2: "YX", 3: None}.get(image.ndim)
+        axes = {2: "YX", 3: None}.get(len(image.shape))
         if axes is None:
-            raise UserInputError(f"The input has {image.ndim} dimensions and no axes metadata; give --axes (e.g. ZYX or TYX).")
+            raise UserInputError(f"The input has {len(image.shape)} dimensions and no axes metadata; give --axes (e.g. ZYX or TYX).")
+    model = args.model
+    if model is None:
+        model, axes = _default_model(axes, len(image.shape))
     tta = args.tta or args.uncertainty is not None
-    run = denoise_iter(image, args.model, axes=axes, tile_shape=args.tile_shape, tta=tta,
-                       return_std=args.uncertainty is not None)
-    result = _progress(run, args.quiet, "batch", lambda event: "")
+    options = dict(axes=axes, tile_shape=args.tile_shape, tta=tta, return_std=args.uncertainty is not None)
+    # The output keeps the axes the file or the user gave (Z stays Z when planes were denoised one by one).
+    same_axes = next((a for a in (file_axes, args.axes) if a and len(a) == len(image.shape)), axes)
+    if args.scheduler:
+        _denoise_on_cluster(args, image, model, options, same_axes, spacing)
+        return
+    if str(args.output).lower().endswith(".zarr") and not isinstance(image, np.ndarray) and args.uncertainty is None:
+        # zarr in, zarr out: every plane goes to disk as soon as it is done, so memory stays at one plane.
+        from .prediction import resolve_model
+        from .zarr_store import zarr_output
+
+        model = resolve_model(model)
+        if model.config.out_channels == model.config.in_channels:
+            with zarr_output(args.output, image.shape, same_axes, spacing) as out:
+                _progress(denoise_iter(image, model, out=out, **options), args.quiet, "batch", lambda event: "")
+            return
+    result = _progress(denoise_iter(image, model, **options), args.quiet, "batch", lambda event: "")
     denoised, std = result if args.uncertainty is not None else (result, None)
-    out_axes = axes if denoised.ndim == len(axes) else axes + "C"
-    write_image(args.output, denoised, out_axes)
+    out_axes = same_axes if denoised.ndim == len(same_axes) else axes + "C"
+    write_image(args.output, denoised, out_axes, spacing)
     if std is not None:
-        write_image(args.uncertainty, std, out_axes)
+        write_image(args.uncertainty, std, out_axes, spacing)
+
+
+def _denoise_on_cluster(args, image, model, options, out_axes, spacing):
+    from .cluster import denoise_lazily
+    from .files import write_image
+
+    if args.uncertainty:
+        raise UserInputError("--uncertainty is not available with --scheduler; drop one of them.")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UserInputError("--scheduler needs dask.distributed: pip install distributed.") from None
+    try:
+        client = Client(args.scheduler, timeout=30)
+    except OSError as err:
+        raise UserInputError(f"Could not reach the dask scheduler at {args.scheduler} ({err}); check the address.") from None
+    with client:
+        lazy = denoise_lazily(image, model, axes=options["axes"], tile_shape=options["tile_shape"], tta=options["tta"])
+        if str(args.output).lower().endswith(".zarr"):  # the workers write their planes straight to the store
+            import dask.array as da
+
+            from .zarr_store import zarr_output
+
+            with zarr_output(args.output, image.shape, out_axes, spacing) as out:
+                da.store(lazy, out, lock=False)
+        else:
+            write_image(args.output, client.compute(lazy).result(), out_axes, spacing)
+
+
+def _models(args):
+    from .embedded import embedded_models
+
+    for name, description in embedded_models().items():
+        print(f"{name}\t{description}")
 
 
 def _evaluate(args):
@@ -158,7 +240,7 @@ def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 user error)."""
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "denoise": _denoise, "evaluate": _evaluate}[args.command](args)
+        {"train": _train, "denoise": _denoise, "evaluate": _evaluate, "models": _models}[args.command](args)
     except UserInputError as err:
         print(f"flax-denoise {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -63,6 +63,11 @@ class Config:
     patience : int
         Epochs without validation improvement before training stops early.
     normalization : {'percentile', 'meanstd'}
+    normalize_per_image : bool
+        Normalise every image (and its target) with the image's own
+        statistics, in training and when denoising, instead of saving one set
+        of statistics from the training data. Pretrained models that meet
+        anyone's images need this.
     augment : bool
         Random flips and 90 degree rotations of training patches.
     seed : int
@@ -88,6 +93,7 @@ class Config:
     val_fraction: float = 0.1
     patience: int = 8
     normalization: str = "percentile"
+    normalize_per_image: bool = False
     augment: bool = True
     seed: int = 0
 
@@ -98,6 +104,7 @@ class Config:
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
         _choice("loss", self.loss, ("mse", "l1"))
         _choice("normalization", self.normalization, ("percentile", "meanstd"))
+        _choice("normalize_per_image", self.normalize_per_image, (False, True))
         _int_range("depth", self.depth, 1, 4)
         _int_range("features", self.features, 1, 512)
         _int_range("in_channels", self.in_channels, 1, 64)

@@ -40,13 +40,7 @@ class TrainingData:
         """Prepare samplers from user-layout ``images`` (and ``targets``) described by ``layouts``."""
         xs = [layout.to_model(image) for image, layout in zip(images, layouts)]
         ts = None if targets is None else [layout.to_model(t) for t, layout in zip(targets, layouts)]
-        input_norm = Normalization.fit(xs, config.normalization)
-        if config.algorithm == "care":
-            output_norm = Normalization.fit(ts, config.normalization)
-        elif config.algorithm == "n2n":  # both sides are noisy views of one signal: one scale
-            input_norm = output_norm = Normalization.fit(xs + ts, config.normalization)
-        else:
-            output_norm = input_norm
+        xs, ts, input_norm, output_norm = _normalise(xs, ts, config)
         patch_shape = fit_patch_shape([x.shape[1:-1] for x in xs], config.patch_size, 2**config.depth)
         splits = [split_rows(x.shape[-3], patch_shape[-2], config.val_fraction) for x in xs]
         common = dict(patch_shape=patch_shape, input_norm=input_norm, target_norm=output_norm)
@@ -63,3 +57,20 @@ class TrainingData:
         losses = [eval_step(params, x, x if y is None else y, jax.random.fold_in(key, i))
                   for i, (x, y) in enumerate(self.val)]
         return float(np.mean([float(loss) for loss in losses]))
+
+
+def _normalise(xs, ts, config: Config):
+    """Statistics to save with the model, and the arrays the sampler cuts patches from."""
+    if config.normalize_per_image:  # each image and its target on the image's own scale, saved as identity
+        norms = [Normalization.fit([x], config.normalization) for x in xs]
+        xs = [norm.apply(x) for norm, x in zip(norms, xs)]
+        ts = None if ts is None else [norm.apply(t) for norm, t in zip(norms, ts)]
+        identity = Normalization.identity(xs[0].shape[-1])
+        return xs, ts, identity, identity
+    input_norm = Normalization.fit(xs, config.normalization)
+    if config.algorithm == "care":
+        return xs, ts, input_norm, Normalization.fit(ts, config.normalization)
+    if config.algorithm == "n2n":  # both sides are noisy views of one signal: one scale
+        shared = Normalization.fit(xs + ts, config.normalization)
+        return xs, ts, shared, shared
+    return xs, ts, input_norm, input_norm

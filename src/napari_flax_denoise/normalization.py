@@ -65,6 +65,11 @@ class Normalization:
             )
         return cls(method, tuple(map(float, offset)), tuple(map(float, scale)))
 
+    @classmethod
+    def identity(cls, channels: int) -> "Normalization":
+        """The map that changes nothing (for data normalised beforehand)."""
+        return cls("identity", (0.0,) * channels, (1.0,) * channels)
+
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Normalise a channels-last array to float32."""
         offset, scale = self._arrays(image.shape[-1])

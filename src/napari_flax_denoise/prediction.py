@@ -19,8 +19,11 @@ from flax import nnx
 
 from .axes import check_image, validate_axes
 from .checkpoint import TrainedModel, load_model
+from .devices import Placement, default_batch_size
+from .embedded import embedded_models, embedded_path, load_embedded
 from .errors import UserInputError
 from .model import halo as network_halo
+from .normalization import Normalization
 
 # Largest default tile per spatial axis, and the step in which smaller images
 # are rounded up, so only a handful of tile shapes (compilations) ever occur.
@@ -42,12 +45,17 @@ def _forward(graphdef, state, batch):
 
 
 def resolve_model(model) -> TrainedModel:
-    """Accept a :class:`TrainedModel` or a model directory path."""
+    """Accept a :class:`TrainedModel`, a model directory or an embedded model's name."""
     if isinstance(model, TrainedModel):
         return model
     if isinstance(model, (str, Path)):
+        if not Path(model).exists() and embedded_path(str(model)) is not None:
+            return load_embedded(str(model))
+        if not Path(model).exists():
+            raise UserInputError(f"Model '{model}' is neither a model directory nor an embedded model "
+                                 f"({', '.join(embedded_models()) or 'none'}); check the name or path.")
         return load_model(model)
-    raise UserInputError("model must be a trained model or the path of a model directory.")
+    raise UserInputError("model must be a trained model, a model directory or an embedded model's name.")
 
 
 def default_tile_shape(spatial_shape, dims: int, halo: int) -> tuple[int, ...]:
@@ -87,6 +95,8 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
     and returns the prediction ``(N, *spatial, C_out)`` as float32.
     """
     graphdef, state = nnx.split(model.network)
+    placement = Placement(batch_size)  # tiles spread over the devices, weights on each
+    state = placement.replicate(state)
     spatial = images.shape[1:-1]
     strides = [t - 2 * h for t, h in zip(tile_shape, halos)]
     counts = [-(-s // st) for s, st in zip(spatial, strides)]
@@ -104,7 +114,7 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
                 padded_n, padded = n, np.pad(images[n], pads + [(0, 0)], mode="reflect")
             tiles.append(padded[tuple(slice(s, s + t) for s, t in zip(starts, tile_shape))])
         tiles += [np.zeros_like(tiles[0])] * (batch_size - len(tiles))  # keep one compiled shape
-        result = np.asarray(_forward(graphdef, state, np.stack(tiles)))
+        result = np.asarray(_forward(graphdef, state, placement.split(np.stack(tiles))))
         for (n, starts), tile in zip(chunk, result):
             target = tuple(slice(s, min(s + st, size)) for s, st, size in zip(starts, strides, spatial))
             centre = tuple(slice(h, h + (t.stop - t.start)) for h, t in zip(halos, target))
@@ -132,16 +142,26 @@ def _is_lazy(image) -> bool:
 
 
 def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
-                 tta: bool = False, return_std: bool = False):
-    """Generator form of :func:`denoise`: yields progress, returns the result."""
+                 tta: bool = False, return_std: bool = False, out=None):
+    """Generator form of :func:`denoise`: yields progress, returns the result.
+
+    ``out`` (optional, lazy inputs): a writable array of the result's shape,
+    e.g. a zarr array, that receives every plane as soon as it is denoised;
+    it is returned in place of an in-memory result, so memory stays at one
+    plane however long the stack.
+    """
     model = resolve_model(model)
     options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std)
     if _is_lazy(image):
-        return (yield from _denoise_lazy(image, model, axes, options))
-    return (yield from _denoise_array(image, model, axes, **options))
+        return (yield from _denoise_lazy(image, model, axes, options, out))
+    result = yield from _denoise_array(image, model, axes, **options)
+    if out is None:
+        return result
+    out[...] = result[0] if return_std else result
+    return (out, result[1]) if return_std else out
 
 
-def _denoise_lazy(image, model, axes, options):
+def _denoise_lazy(image, model, axes, options, out=None):
     """Denoise a lazy array one S/T (and, for one-channel models, C) plane at a time."""
     axes = validate_axes(axes, len(image.shape))
     outer = [i for i, a in enumerate(axes) if a in "ST" or (a == "C" and model.config.in_channels == 1)]
@@ -154,26 +174,32 @@ def _denoise_lazy(image, model, axes, options):
         for i, k in zip(outer, plane):
             index[i] = k
         block = np.asarray(image[tuple(index)])
-        inner = _denoise_array(block, model, inner_axes, allow_constant=True, **options)
-        while True:
-            try:
-                step = next(inner)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield DenoiseProgress(number * step.total + step.done, len(planes) * step.total)
+        if block.size and block.min() == block.max() and model.config.out_channels == model.config.in_channels:
+            # A blank frame (common in time-lapses) stays blank, with no uncertainty.
+            result = (block.astype(np.float32),) + ((np.zeros(block.shape, np.float32),) if options["return_std"] else ())
+        else:
+            inner = _denoise_array(block, model, inner_axes, **options)
+            while True:
+                try:
+                    step = next(inner)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield DenoiseProgress(number * step.total + step.done, len(planes) * step.total)
         result = result if isinstance(result, tuple) else (result,)
         if outputs is None:  # outer axes keep their place; a new trailing C may follow
-            outputs = [np.empty(tuple(image.shape) + r.shape[len(inner_axes):], np.float32) for r in result]
+            shapes = [tuple(image.shape) + r.shape[len(inner_axes):] for r in result]
+            outputs = [out if i == 0 and out is not None else np.empty(shape, np.float32)
+                       for i, shape in enumerate(shapes)]
         for out, r in zip(outputs, result):
             out[tuple(index)] = r
     return tuple(outputs) if options["return_std"] else outputs[0]
 
 
-def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, allow_constant=False):
+def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std):
     config = model.config
     image, layout = check_image(image, axes)
-    if not allow_constant and image.min() == image.max():
+    if image.min() == image.max():
         raise UserInputError("The image is constant (every pixel has the same value), so there is no noise "
                              "to remove; check that the right image or channel was chosen.")
     dims = len(layout.spatial_shape)
@@ -192,12 +218,15 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         )
     if fold:  # a one-channel model denoises each channel separately
         x = np.moveaxis(x, -1, 1).reshape(-1, *layout.spatial_shape, 1)
-    x = model.input_norm.apply(x)
+    input_norm, output_norm = model.input_norm, model.output_norm
+    if config.normalize_per_image:  # a pretrained model meets every image on the image's own scale
+        input_norm = output_norm = Normalization.fit([x], config.normalization)
+    x = input_norm.apply(x)
     if tile_shape is None:
         tile_shape = default_tile_shape(layout.spatial_shape, dims, network_halo(config))
     tile_shape, halos = _check_tiling(tile_shape, overlap, dims, config)
     if batch_size is None:
-        batch_size = 1 if jax.default_backend() == "cpu" else 8
+        batch_size = default_batch_size()
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
     transforms = _TTA if tta else [(0, False)]
@@ -210,9 +239,9 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         total = pred.astype(np.float64) if total is None else total + pred
         sq = pred.astype(np.float64) ** 2 if sq is None else sq + pred**2
     count = len(transforms)
-    mean = model.output_norm.undo((total / count).astype(np.float32))
+    mean = output_norm.undo((total / count).astype(np.float32))
     std = np.sqrt(np.maximum(sq / count - (total / count) ** 2, 0)).astype(np.float32)
-    std = model.output_norm.undo(std, shift=False)
+    std = output_norm.undo(std, shift=False)
     if fold:  # back from one-channel images to channels
         mean, std = (np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1) for a in (mean, std))
     result = layout.from_model(mean)[0]
@@ -229,7 +258,7 @@ def run(generator):
 
 
 def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
-            tta: bool = False, return_std: bool = False):
+            tta: bool = False, return_std: bool = False, out=None):
     """Denoise an image with a trained model.
 
     Parameters
@@ -250,12 +279,18 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
         Overlap between neighbouring tiles. Default: twice the network's
         receptive radius, which makes tiling invisible.
     batch_size : int, optional
-        Tiles per compiled call (default 1 on CPU, 8 on accelerators).
+        Tiles per compiled call (default: 1 per CPU device, 8 per
+        accelerator; with several devices the tiles of a call are spread over
+        them).
     tta : bool
         Average the 8 flips / quarter turns of the YX plane.
     return_std : bool
         Also return the per-pixel standard deviation over those 8 predictions
         (an uncertainty map); needs ``tta=True``.
+    out : array_like, optional
+        A writable array of the result's shape (e.g. a zarr array) to fill and
+        return instead of a new array; with a lazy ``image`` every plane is
+        written as soon as it is done, so memory stays at one plane.
 
     Returns
     -------
@@ -270,4 +305,4 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
     >>> clean = denoise(noisy, "my_model", axes="YX")  # doctest: +SKIP
     """
     return run(denoise_iter(image, model, axes=axes, tile_shape=tile_shape, overlap=overlap,
-                            batch_size=batch_size, tta=tta, return_std=return_std))
+                            batch_size=batch_size, tta=tta, return_std=return_std, out=out))

@@ -23,6 +23,7 @@ from .axes import check_image, spatial_dims
 from .checkpoint import TrainedModel, build_network, save_model
 from .config import Config
 from .data import TrainingData
+from .devices import Placement
 from .errors import UserInputError
 from .prediction import resolve_model, run
 from .resume import load_last, save_last
@@ -108,7 +109,7 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
             )
         # Explicit flags: the architecture must not change with the algorithm.
         arch.update(depth=base.depth, features=base.features, blurpool=base.use_blurpool,
-                    residual=base.use_residual)
+                    residual=base.use_residual, normalize_per_image=base.normalize_per_image)
     return config.replace(**arch)
 
 
@@ -149,12 +150,15 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
     data = TrainingData.build(images, targets, layouts, config)
     network = init_model.network if init_model is not None else build_network(config)
     graphdef, params = nnx.split(network)
+    placement = Placement(config.batch_size)  # data-parallel when several devices share the batch
+    params = placement.replicate(params)
     tx = optimizer(config)
-    opt_state = tx.init(params)
+    opt_state = placement.replicate(tx.init(params))
     step, history, best = 0, [], (np.inf, None)
     if resume:
         like = params
         params, opt_state, step, history, best_loss = state.restore(params, opt_state)
+        params, opt_state = placement.replicate(params), placement.replicate(opt_state)
         best = (best_loss, state.best_weights(like))
         data.train.rng.bit_generator.state = state.rng_state
     train_step, eval_step = make_steps(graphdef, config, tx)
@@ -178,8 +182,8 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
     inputs, target_batch = data.train.sample(config.batch_size)
     while step < total:
         epoch = step // config.steps_per_epoch + 1
-        params, opt_state, loss = train_step(params, opt_state, inputs, _or(target_batch, inputs),
-                                             jax.random.fold_in(key, step))
+        params, opt_state, loss = train_step(params, opt_state, placement.split(inputs),
+                                             placement.split(_or(target_batch, inputs)), jax.random.fold_in(key, step))
         step += 1
         rng_state = data.train.rng.bit_generator.state  # what a resumed run must draw from next
         inputs, target_batch = data.train.sample(config.batch_size)  # overlaps the device step

@@ -46,8 +46,7 @@ class DenoiseWidget(Container):
         self.image.changed.connect(self._show_axes)
         self.model.changed.connect(self._show_axes)
         running.follow(MODELS.changed, self, self._models_changed)
-        if MODELS.names():
-            self.model.value = MODELS.names()[-1]
+        self._models_changed()
 
     def reset_choices(self, *_):
         """Refresh the layer and model lists (napari calls this when layers change)."""
@@ -56,7 +55,8 @@ class DenoiseWidget(Container):
 
     def _models_changed(self):
         self.model.reset_choices()
-        self.model.value = MODELS.names()[-1]
+        if MODELS.preferred() in MODELS.names():
+            self.model.value = MODELS.preferred()
 
     def _show_axes(self, *_):
         try:

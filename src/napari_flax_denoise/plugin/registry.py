@@ -1,7 +1,7 @@
-"""The models the widgets can pick from in this session (GUI-free).
+"""The models the widgets can pick from (GUI-free): the embedded ones and this session's.
 
 A model trained in the Train widget or loaded from a folder is added here
-under a name, and every Denoise widget's picker follows :attr:`changed`.
+under a name, and every widget's picker follows :attr:`changed`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,16 @@ class ModelRegistry:
         self._models = {}
 
     def names(self) -> list[str]:
-        """Names in the order they were added, newest last."""
-        return list(self._models)
+        """The embedded models, then this session's in the order they were added (newest last)."""
+        from ..embedded import embedded_models
+
+        return [name for name in embedded_models() if name not in self._models] + list(self._models)
+
+    def preferred(self) -> str | None:
+        """The model to preselect: the newest of this session, else the embedded 2D default."""
+        from ..embedded import default_model_name
+
+        return list(self._models)[-1] if self._models else default_model_name(2)
 
     def add(self, name: str, model) -> str:
         """Register ``model`` (a TrainedModel or a directory) and return its name.
@@ -45,10 +53,14 @@ class ModelRegistry:
         return self.add(Path(folder).name, model)
 
     def get(self, name: str | None):
-        """The model registered as ``name`` (a TrainedModel)."""
-        if not name or name not in self._models:
-            raise UserInputError("Choose a model: train one in the Train / Fine-tune widget or load a model folder.")
-        return self._models[name]
+        """The model registered or embedded as ``name`` (a TrainedModel)."""
+        from ..embedded import embedded_path, load_embedded
+
+        if name in self._models:
+            return self._models[name]
+        if name and embedded_path(name) is not None:
+            return load_embedded(name)
+        raise UserInputError("Choose a model: train one in the Train / Fine-tune widget or load a model folder.")
 
 
 #: The registry the widgets share.

@@ -1,0 +1,44 @@
+"""Several devices (simulated CPU devices): the same training and the same denoising as one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import json, jax, numpy as np
+from skimage import data
+from napari_flax_denoise import Config, denoise, train
+clean = data.camera()[:128, :128].astype(np.float32)
+noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape).astype(np.float32)
+config = Config(features=8, patch_size=32, batch_size=4, epochs=2, steps_per_epoch=4, seed=3)
+losses = []
+from napari_flax_denoise.training import train_iter
+run = train_iter(noisy, axes="YX", config=config)
+while True:
+    try:
+        losses.append(next(run).train_loss)
+    except StopIteration as stop:
+        model = stop.value.model
+        break
+stack = np.stack([noisy, noisy.T, noisy[::-1], noisy[:, ::-1]])
+out = denoise(stack, model, axes="SYX", tile_shape=96)
+from napari_flax_denoise.devices import Placement
+print(json.dumps({"devices": Placement(config.batch_size).count, "losses": losses, "out": out.ravel()[::97].tolist()}))
+"""
+
+
+def _run(devices: int) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_two_devices_train_and_denoise_like_one():
+    one, two = _run(1), _run(2)
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert one["losses"] == pytest.approx(two["losses"], rel=1e-3)
+    assert one["out"] == pytest.approx(two["out"], rel=1e-3, abs=1e-2)

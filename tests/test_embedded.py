@@ -1,0 +1,83 @@
+"""The embedded default model: listed, used without --model, fine-tunable, small, documented."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from skimage import data
+
+from napari_flax_denoise import denoise, psnr, train
+from napari_flax_denoise.embedded import embedded_models, embedded_path, load_embedded
+from napari_flax_denoise.samples import sample_path
+
+from test_cli import flax_denoise
+
+
+def test_models_command_lists_each_embedded_model_with_a_description():
+    run = flax_denoise("models")
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split("\t") for line in run.stdout.strip().splitlines())
+    assert lines == embedded_models() and "general-2d" in lines
+    assert all(len(description) > 10 for description in lines.values())
+
+
+def test_embedded_models_are_small_documented_and_self_describing():
+    sizes = []
+    for name in embedded_models():
+        directory = embedded_path(name)
+        sizes.append(sum(f.stat().st_size for f in directory.iterdir()))
+        card = (directory / "README.md").read_text()
+        assert "Measured" in card and "Licence" in card and "scripts/train_embedded.py" in card
+        assert not (directory / "last").exists()  # no resume state shipped
+    assert sum(sizes) < 10e6
+
+
+def test_default_model_beats_the_noisy_input_on_unseen_images():
+    model = load_embedded("general-2d")
+    assert model.config.normalize_per_image
+    rng = np.random.default_rng(5)
+    for clean in (data.camera()[:256, :256], data.coins()[:256, :256]):
+        clean = clean.astype(np.float32)
+        for noisy in (clean + rng.normal(0, 25, clean.shape), 3 * rng.poisson(clean / 8.0) + 500.0):
+            reference = clean if noisy.mean() < 400 else 3 * clean / 8.0 + 500.0
+            span = float(reference.max() - reference.min())
+            out = denoise(noisy.astype(np.float32), "general-2d", axes="YX")
+            assert psnr(out, reference, data_range=span) > psnr(noisy, reference, data_range=span) + 4
+
+
+def test_denoise_without_model_uses_the_default_and_goes_plane_by_plane_on_3d(tmp_path):
+    run = flax_denoise("denoise", sample_path("nuclei2d_noisy.tif"), "--output", tmp_path / "n.tif")
+    assert run.returncode == 0, run.stderr
+    assert tifffile.imread(tmp_path / "n.tif").shape == (512, 512)
+    run = flax_denoise("denoise", sample_path("fmri3d_noisy.tif"), "--output", tmp_path / "f.tif", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert "plane by plane" in run.stderr
+    with tifffile.TiffFile(tmp_path / "f.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == (24, 96, 128)
+
+
+def test_unknown_model_name_is_a_clear_error(tmp_path):
+    run = flax_denoise("denoise", sample_path("ct2d.tif"), "--output", tmp_path / "x.tif", "--model", "no-such")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "general-2d" in run.stderr and not (tmp_path / "x.tif").exists()
+
+
+def test_fine_tuning_from_the_default_keeps_its_architecture(noisy):
+    result = train(noisy, axes="YX", init="general-2d", algorithm="n2v2", epochs=1, steps_per_epoch=2,
+                   batch_size=4, patch_size=32)
+    base = load_embedded("general-2d").config
+    config = result.model.config
+    assert (config.features, config.depth, config.normalize_per_image) == (base.features, base.depth, True)
+    assert result.model.info["fine_tuned_from"] == "general-2d"
+    assert json.dumps(result.model.config.to_dict())  # still a plain, saveable config
+
+
+def test_widget_registry_offers_embedded_models_and_prefers_the_default():
+    from napari_flax_denoise.plugin.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    assert registry.names()[0] == "general-2d" and registry.preferred() == "general-2d"
+    assert registry.get("general-2d") is load_embedded("general-2d")
+    with pytest.raises(Exception, match="Choose a model"):
+        registry.get("nothing")
