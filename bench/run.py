@@ -192,7 +192,8 @@ def test_images(size):
 
 def markdown(results):
     speed, lines = results["speed"], []
-    lines.append(f"Measured {results['date']} on {results['machine']} (CPU only); "
+    when = results["date"] + (f" (quality: {results['quality_date']})" if results.get("quality_date") else "")
+    lines.append(f"Measured {when} on {results['machine']} (CPU only); "
                  f"float32 matmul peak in the same run: {speed['matmul_gflops']:.0f} GFLOP/s.\n")
     lines.append("| inference | kFLOP/px | MPix/s | GFLOP/s | of matmul peak |")
     lines.append("|---|---|---|---|---|")
@@ -241,11 +242,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--quality-only", action="store_true",
+                        help="keep the speed section of the existing results file and redo the quality part")
     parser.add_argument("--steps", type=int, default=150, help="training steps of n2v2 and care per image")
     parser.add_argument("--images", nargs="+", default=["camera", "cell"], choices=["camera", "cell", "coins"])
     parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
     quick = args.quick
+    if args.quality_only:
+        results = json.loads(Path(args.output).read_text())
+        results["quality"], results["quality_date"] = quality_for(args), time.strftime("%Y-%m-%d")
+        write(results, args.output)
+        return
     peak = matmul_peak()
     print(f"matmul peak {peak:.0f} GFLOP/s", flush=True)
     n2v2, n2v = Config(), Config(algorithm="n2v")
@@ -270,13 +278,23 @@ def main():
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "quick": quick, "speed": speed}
     if not args.skip_quality:
-        images = {k: v for k, v in test_images(128 if quick else 256).items() if k in args.images}
-        noises = ["gauss25"] if quick else ["gauss25", "gauss15", "gauss50", "poisson30"]
-        steps = 20 if quick else args.steps
-        results["quality"] = quality(images, noises, steps, max(steps // 5, 1))
-    Path(args.output).write_text(json.dumps(results, indent=1))
+        results["quality"] = quality_for(args)
+    write(results, args.output)
+
+
+def quality_for(args):
+    """The quality part of the benchmark at the sizes the command line asks for."""
+    images = {k: v for k, v in test_images(128 if args.quick else 256).items() if k in args.images}
+    noises = ["gauss25"] if args.quick else ["gauss25", "gauss15", "gauss50", "poisson30"]
+    steps = 20 if args.quick else args.steps
+    return quality(images, noises, steps, max(steps // 5, 1))
+
+
+def write(results, output):
+    """Write the results file and its markdown table, and print the table."""
+    Path(output).write_text(json.dumps(results, indent=1))
     table = markdown(results)
-    Path(args.output).with_suffix(".md").write_text(table)
+    Path(output).with_suffix(".md").write_text(table)
     print(table)
 
 

@@ -158,11 +158,6 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
     return np.asarray(opened.data), opened.axes
 
 
-def physical_spacing(path: str | Path) -> dict[str, float]:
-    """Physical pixel sizes a file records, e.g. ``{"Y": 0.107, "X": 0.107}`` (empty if none)."""
-    return open_image(path).spacing
-
-
 def write_image(path: str | Path, image, axes: str | None = None, spacing: dict | None = None) -> Path:
     """Write ``image`` atomically in the format its extension names.
 

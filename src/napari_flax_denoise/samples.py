@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from .files import physical_spacing, read_image
+from .files import open_image
 
 
 def sample_path(name: str):
@@ -18,11 +18,9 @@ def sample_path(name: str):
 
 
 def _layer(name: str, title: str, description: str) -> tuple:
-    path = sample_path(name)
-    image, axes = read_image(path)
-    spacing = physical_spacing(path)
-    scale = [spacing.get(axis, 1.0) for axis in axes]
-    return image, {"name": title, "scale": scale, "metadata": {"axes": axes, "sample": description}}, "image"
+    opened = open_image(sample_path(name))
+    scale = [opened.spacing.get(axis, 1.0) for axis in opened.axes]
+    return opened.data, {"name": title, "scale": scale, "metadata": {"axes": opened.axes, "sample": description}}, "image"
 
 
 def nuclei_2d() -> list[tuple]:
