@@ -73,7 +73,7 @@ def train(output: Path, steps: int, work: Path) -> None:
         np.save(work / f"clean_{i:03d}.npy", clean.astype(np.float32))
         inputs.append(str(work / f"noisy_{i:03d}.npy"))
         targets.append(str(work / f"clean_{i:03d}.npy"))
-    config = {"normalize_per_image": True, "patience": 1000, "val_fraction": 0.1, "seed": 0}
+    config = {"normalize_per_image": True, "residual": True, "patience": 1000, "val_fraction": 0.1, "seed": 0}
     (work / "config.json").write_text(json.dumps(config))
     epochs = max(steps // 100, 1)
     subprocess.run(["flax-denoise", "train", *inputs, "--target", *targets, "--axes", "YX", "--algorithm", "care",
@@ -104,6 +104,12 @@ def card(output: Path, rows: list[dict], steps: int) -> None:
     info = json.loads((output / "model.json").read_text())
     gain = np.mean([r["general-2d"] - r["nlm"] for r in rows])
     table = "\n".join(f"| {r['image']} | {r['noisy']:.2f} | {r['nlm']:.2f} | {r['general-2d']:.2f} |" for r in rows)
+    losses = [r["image"] for r in rows if r["general-2d"] < r["nlm"]]
+    worse = [r["image"] for r in rows if r["general-2d"] < r["noisy"]]
+    limits = (f"Behind non-local means on: {', '.join(losses) or 'none'}. "
+              f"Worse than the noisy input on: {', '.join(worse) or 'none'}. "
+              "At very low noise the model smooths away fine detail: fine-tune it on your images "
+              "(`--init general-2d`) or leave such images as they are.")
     (output / "README.md").write_text(f"""# general-2d: the embedded default 2D denoiser
 
 * **Use**: any 2D greyscale image (microscopy, medical, photographs) with
@@ -111,7 +117,8 @@ def card(output: Path, rows: list[dict], steps: int) -> None:
   denoised plane by plane. Every image is normalised on its own, so any
   intensity range works. `flax-denoise denoise IMAGE --output OUT` uses it
   when no `--model` is given; fine-tune it with `--init general-2d`.
-* **Network**: U-Net, depth {info['config']['depth']}, {info['config']['features']} features, trained
+* **Network**: U-Net, depth {info['config']['depth']}, {info['config']['features']} features{
+    ", residual (it predicts a correction added to the input)" if info['config']['residual'] else ""}, trained
   supervised (`care`, MSE), {steps} steps of {info['config']['batch_size']} patches of
   {info['config']['patch_size']} x {info['config']['patch_size']} pixels.
 * **Data**: {len(TRAIN_IMAGES)} clean images bundled with scikit-image ({', '.join(TRAIN_IMAGES)}),
@@ -125,6 +132,8 @@ def card(output: Path, rows: list[dict], steps: int) -> None:
 ## Measured (held-out images, PSNR in dB against the clean image)
 
 Mean gain over non-local means (scikit-image, sigma estimated): **{gain:+.2f} dB**.
+
+{limits}
 
 | image and noise | noisy | non-local means | general-2d |
 |---|---|---|---|
