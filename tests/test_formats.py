@@ -148,3 +148,14 @@ def test_napari_reader_and_writer_keep_spacing(tmp_path):
     with tifffile.TiffFile(written) as tif:
         assert tif.series[0].axes == "ZYX"
     assert open_image(written).spacing == pytest.approx({"Z": 2.0, "Y": 0.7, "X": 0.5})
+
+
+def test_napari_reader_opens_the_whole_series_of_one_slice(tmp_path, volume):
+    folder = write_series(tmp_path / "series", volume)
+    write_series(tmp_path / "other", volume[:2])
+    for i, path in enumerate(sorted((tmp_path / "other").iterdir())):  # a second series in the same folder
+        path.rename(folder / f"other_{i}.dcm")
+    one_slice = str(folder / "slice_003.dcm")
+    [(data, kwargs, _)] = get_reader(one_slice)(one_slice)
+    assert data.shape == volume.shape and kwargs["metadata"]["axes"] == "ZYX"
+    assert kwargs["scale"] == pytest.approx([2.5, 0.7, 0.6])

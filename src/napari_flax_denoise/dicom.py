@@ -113,3 +113,23 @@ def read_dicom(paths) -> tuple[np.ndarray, str, dict, dict]:
                              "mm apart, or repeated); remove duplicate or missing slices, or resample the series.")
     image = np.stack([_pixels(*datasets[i]) for i in order])
     return image, "ZYX", {"Z": float(gaps.mean()), "Y": row, "X": column}, metadata
+
+
+def series_files(path: str | Path) -> list[Path]:
+    """All files in the folder of the DICOM file ``path`` that belong to its series.
+
+    napari hands a reader one file at a time; opening one slice should open its series.
+    """
+    import pydicom
+
+    path = Path(path)
+    uid = str(getattr(_read_header(path), "SeriesInstanceUID", ""))
+    same = []
+    for candidate in _candidates([path.parent]):
+        try:
+            header = pydicom.dcmread(candidate, stop_before_pixels=True)
+        except Exception:  # unreadable neighbours belong to no series; read_dicom reports the chosen ones
+            continue
+        if str(getattr(header, "SeriesInstanceUID", "")) == uid:
+            same.append(candidate)
+    return same

@@ -35,6 +35,10 @@ def read_layers(path) -> list[tuple]:
     to do.
     """
     paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
+    if len(paths) == 1 and paths[0].suffix.lower() == ".dcm":  # one slice opens its whole series
+        from ..dicom import series_files
+
+        paths = series_files(paths[0])
     if len(paths) > 1:
         from ..dicom import read_dicom
         from ..files import ImageFile
