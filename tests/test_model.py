@@ -2,7 +2,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from napari_flax_denoise import Config
 from napari_flax_denoise.checkpoint import build_network

@@ -6,7 +6,6 @@ from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.patches import PatchSampler, split_rows
 from napari_flax_denoise.normalization import Normalization
 
-from conftest import TINY
 
 
 def _losses(events):

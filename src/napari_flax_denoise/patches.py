@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UserInputError
-from .normalization import Normalization
 
 
 def split_rows(height: int, patch: int, val_fraction: float) -> tuple[tuple[int, int], tuple[int, int] | None]:
