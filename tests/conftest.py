@@ -29,3 +29,17 @@ def tiny_model(noisy, tiny_config, tmp_path_factory):
     config = tiny_config.replace(features=16, batch_size=16, epochs=4, steps_per_epoch=15,
                                  learning_rate=3e-3, mask_fraction=0.04)
     return train(noisy, axes="YX", config=config, output=out).model
+
+
+class RecordingArray:
+    """A lazy array like zarr's (shape, dtype, chunks, indexing) that records the shape of every read."""
+
+    def __init__(self, array, chunks=None):
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+        self.chunks = chunks
+        self.reads = []
+
+    def __getitem__(self, index):
+        block = self.array[index]
+        self.reads.append(block.shape)
+        return block

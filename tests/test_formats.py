@@ -115,6 +115,20 @@ def test_ome_tiff_keeps_pixel_sizes(tmp_path):
     assert open_image(tmp_path / "x.tif").spacing == pytest.approx({"Z": 1.5, "Y": 0.3, "X": 0.3})
 
 
+def test_a_large_uncompressed_tiff_is_memory_mapped_and_denoised_plane_by_plane(tmp_path, monkeypatch,
+                                                                                tiny_model, noisy):
+    import napari_flax_denoise.files as files
+    from napari_flax_denoise import denoise
+
+    stack = np.stack([noisy, noisy[::-1], noisy[:, ::-1]])
+    write_image(tmp_path / "big.tif", stack, "TYX", {})
+    monkeypatch.setattr(files, "MEMMAP_TIFF_BYTES", stack.nbytes - 1)  # "large" = bigger than this stack
+    opened = open_image(tmp_path / "big.tif")
+    assert isinstance(opened.data, np.memmap) and not opened.data.flags.writeable  # inputs are never modified
+    np.testing.assert_allclose(denoise(opened.data, tiny_model, axes="TYX"), denoise(stack, tiny_model, axes="TYX"),
+                               atol=1e-5)
+
+
 def test_cli_denoises_a_dicom_series_into_nifti_keeping_spacing(tmp_path, volume, tiny_model):
     save_model(tiny_model, tmp_path / "model")
     series = write_series(tmp_path / "series", volume)
@@ -128,9 +142,11 @@ def test_cli_denoises_a_dicom_series_into_nifti_keeping_spacing(tmp_path, volume
     assert {p.name: p.read_bytes() for p in series.iterdir()} == before
 
 
-def test_cli_denoises_ome_zarr_lazily_into_ome_zarr(tmp_path, tiny_model, noisy):
-    save_model(tiny_model, tmp_path / "model")
+def test_cli_trains_on_and_denoises_ome_zarr_lazily_into_ome_zarr(tmp_path, noisy):
     write_image(tmp_path / "in.zarr", np.stack([noisy, noisy[::-1]]), "TYX", {"Y": 0.5, "X": 0.5})
+    run = flax_denoise("train", tmp_path / "in.zarr", "--output", tmp_path / "model", "--epochs", "1",
+                       "--steps-per-epoch", "3", "--patch-size", "32", "--batch-size", "4", "--quiet")
+    assert run.returncode == 0, run.stderr  # axes from the file; patches read from the store
     run = flax_denoise("denoise", tmp_path / "in.zarr", "--output", tmp_path / "out.zarr", "--model",
                        tmp_path / "model", "--quiet")
     assert run.returncode == 0, run.stderr

@@ -7,6 +7,8 @@ from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.normalization import Normalization
 from napari_flax_denoise.prediction import _forward
 
+from conftest import RecordingArray
+
 
 def _random_model(**settings):
     config = Config(features=4, patch_size=16, **settings)
@@ -88,18 +90,6 @@ def test_model_and_image_mismatch(tiny_model, noisy, kwargs, fragment):
     else:
         with pytest.raises(UserInputError, match=fragment):
             denoise(image, tiny_model, **kwargs)
-
-
-class RecordingArray:
-    """A lazy array like zarr's: shape, dtype and indexing, recording what is read."""
-
-    def __init__(self, array):
-        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
-
-    def __getitem__(self, index):
-        block = self.array[index]
-        self.reads.append(block.shape)
-        return block
 
 
 def test_lazy_stack_is_read_plane_by_plane_and_matches_eager(tiny_model, noisy):

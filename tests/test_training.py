@@ -6,6 +6,7 @@ from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.patches import PatchSampler, split_rows
 from napari_flax_denoise.normalization import Normalization
 
+from conftest import RecordingArray
 
 
 def _losses(events):
@@ -16,7 +17,7 @@ def test_patches_follow_targets_and_stay_in_rows():
     image = np.arange(60 * 50, dtype=np.float32).reshape(1, 60, 50, 1)
     norm = Normalization("meanstd", (0.0,), (1.0,))
     sampler = PatchSampler([image], [image * 2], patch_shape=(16, 16), rows=[(10, 40)],
-                           input_norm=norm, target_norm=norm, seed=0)
+                           input_norms=[norm], target_norms=[norm], seed=0)
     x, y = sampler.sample(32)
     assert x.shape == y.shape == (32, 16, 16, 1)
     np.testing.assert_array_equal(y, 2 * x)  # same window and same flips / turns
@@ -109,3 +110,22 @@ def test_bad_training_input(noisy, tiny_config, kwargs, fragment):
     kwargs = {"axes": "YX", **kwargs}
     with pytest.raises(UserInputError, match=fragment):
         train(noisy, config=tiny_config, **kwargs)
+
+
+def test_training_reads_a_lazy_stack_one_chunk_at_a_time(noisy, tiny_config):
+    stack = np.stack([noisy, noisy[::-1], noisy[:, ::-1], noisy.T])  # T Y X
+    lazy = RecordingArray(stack, chunks=(1, 32, 32))
+    result = train(lazy, axes="TYX", config=tiny_config.replace(normalize_per_image=True))
+    assert lazy.reads and max(np.prod(shape) for shape in lazy.reads) <= 32 * 32  # never more than a chunk
+    eager = train(stack, axes="TYX", config=tiny_config.replace(normalize_per_image=True))
+    assert [h["train_loss"] for h in result.history] == pytest.approx([h["train_loss"] for h in eager.history],
+                                                                      rel=1e-4)
+
+
+def test_nan_in_a_lazy_stack_is_refused_when_a_patch_meets_it(noisy, tiny_config):
+    import dask.array as da
+
+    stack = np.stack([noisy] * 2)
+    stack[:, 40:90, 40:90] = np.nan  # patches of 32 cannot avoid it
+    with pytest.raises(UserInputError, match="NaN"):
+        train(da.from_array(stack, chunks=(1, 64, 64)), axes="TYX", config=tiny_config)

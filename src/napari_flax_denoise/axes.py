@@ -136,7 +136,27 @@ class Layout:
         return out, axes
 
 
-def check_image(image, axes: str, *, name: str = "image", min_size: int = 4) -> tuple[np.ndarray, Layout]:
+def is_lazy(image) -> bool:
+    """True for arrays read on demand (dask, zarr, h5py, memory-mapped files), which are
+    indexed piece by piece instead of being loaded whole."""
+    if isinstance(image, np.memmap):
+        return True
+    return not isinstance(image, np.ndarray) and all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__"))
+
+
+def as_dask(image):
+    """A lazy array as a dask array (so transposes and reshapes stay lazy)."""
+    import dask.array as da
+
+    if isinstance(image, da.Array):
+        return image
+    chunks = getattr(image, "chunks", None)  # zarr's and h5py's own chunks, so each read is one stored chunk
+    if not (isinstance(chunks, tuple) and len(chunks) == len(image.shape)):
+        chunks = "auto"
+    return da.from_array(image, chunks=chunks, asarray=True)
+
+
+def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, lazy: bool = False) -> tuple[np.ndarray, Layout]:
     """Validate an image and its axes before any work is done.
 
     Parameters
@@ -149,14 +169,18 @@ def check_image(image, axes: str, *, name: str = "image", min_size: int = 4) -> 
         How messages refer to the image.
     min_size : int
         Smallest accepted extent of Z, Y and X.
+    lazy : bool
+        Keep a lazy ``image`` (see :func:`is_lazy`) lazy: it comes back as a
+        dask array, and NaN / Inf are left to whoever reads its pieces.
 
     Returns
     -------
-    image : ndarray
+    image : ndarray or dask.array.Array
         The same data as an array (never a modified copy).
     layout : Layout
     """
-    image = np.asarray(image)
+    lazy = lazy and is_lazy(image)
+    image = as_dask(image) if lazy else np.asarray(image)
     if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise UserInputError(
             f"The {name} has data type {image.dtype}; give a real-valued integer or float image "
@@ -171,8 +195,14 @@ def check_image(image, axes: str, *, name: str = "image", min_size: int = 4) -> 
         raise UserInputError(
             f"The {name} is too small along {', '.join(small)}; give at least {min_size} pixels along Z, Y and X."
         )
+    if not lazy:
+        check_finite(image, name)
+    return image, layout
+
+
+def check_finite(image: np.ndarray, name: str = "image") -> None:
+    """Refuse NaN and infinite values with a message saying what to do."""
     if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
         raise UserInputError(
             f"The {name} contains NaN or infinite values; replace them (e.g. with the median) before denoising."
         )
-    return image, layout

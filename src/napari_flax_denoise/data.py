@@ -40,10 +40,10 @@ class TrainingData:
         """Prepare samplers from user-layout ``images`` (and ``targets``) described by ``layouts``."""
         xs = [layout.to_model(image) for image, layout in zip(images, layouts)]
         ts = None if targets is None else [layout.to_model(t) for t, layout in zip(targets, layouts)]
-        xs, ts, input_norm, output_norm = _normalise(xs, ts, config)
+        input_norm, output_norm, per_input, per_target = _normalise(xs, ts, config)
         patch_shape = fit_patch_shape([x.shape[1:-1] for x in xs], config.patch_size, 2**config.depth)
         splits = [split_rows(x.shape[-3], patch_shape[-2], config.val_fraction) for x in xs]
-        common = dict(patch_shape=patch_shape, input_norm=input_norm, target_norm=output_norm)
+        common = dict(patch_shape=patch_shape, input_norms=per_input, target_norms=per_target)
         train = PatchSampler(xs, ts, rows=[s[0] for s in splits], augment=config.augment, seed=config.seed, **common)
         val = []
         if config.val_fraction > 0:
@@ -60,17 +60,18 @@ class TrainingData:
 
 
 def _normalise(xs, ts, config: Config):
-    """Statistics to save with the model, and the arrays the sampler cuts patches from."""
+    """The statistics saved with the model, and the ones each image's (and target's)
+    patches are normalised with as they are cut (arrays are never normalised whole:
+    they may be larger than memory)."""
     if config.normalize_per_image:  # each image and its target on the image's own scale, saved as identity
         norms = [Normalization.fit([x], config.normalization) for x in xs]
-        xs = [norm.apply(x) for norm, x in zip(norms, xs)]
-        ts = None if ts is None else [norm.apply(t) for norm, t in zip(norms, ts)]
         identity = Normalization.identity(xs[0].shape[-1])
-        return xs, ts, identity, identity
+        return identity, identity, norms, None if ts is None else norms
     input_norm = Normalization.fit(xs, config.normalization)
     if config.algorithm == "care":
-        return xs, ts, input_norm, Normalization.fit(ts, config.normalization)
-    if config.algorithm == "n2n":  # both sides are noisy views of one signal: one scale
-        shared = Normalization.fit(xs + ts, config.normalization)
-        return xs, ts, shared, shared
-    return xs, ts, input_norm, input_norm
+        output_norm = Normalization.fit(ts, config.normalization)
+    elif config.algorithm == "n2n":  # both sides are noisy views of one signal: one scale
+        input_norm = output_norm = Normalization.fit(xs + ts, config.normalization)
+    else:
+        output_norm = input_norm
+    return input_norm, output_norm, [input_norm] * len(xs), None if ts is None else [output_norm] * len(ts)

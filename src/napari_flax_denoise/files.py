@@ -20,6 +20,8 @@ from .errors import UserInputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr", ".dcm")
 WRITE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr")
+# Larger uncompressed TIFFs are memory-mapped (read-only) instead of loaded.
+MEMMAP_TIFF_BYTES = 256 * 2**20
 # tifffile's axis letters mapped to ours; 'S' there means RGB samples.
 _TIFF_AXES = {"T": "T", "Z": "Z", "C": "C", "S": "C", "Y": "Y", "X": "X"}
 
@@ -133,7 +135,11 @@ def _read_tiff(path: Path) -> ImageFile:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        image = series.asarray()
+        if series.dataoffset is not None and series.nbytes > MEMMAP_TIFF_BYTES:
+            # uncompressed and contiguous: map it, so planes and patches are read on demand
+            image = tifffile.memmap(path, series=0, mode="r")
+        else:
+            image = series.asarray()
         axes = None
         if tif.is_ome or tif.is_imagej:
             letters = [_TIFF_AXES.get(a) for a in series.axes]

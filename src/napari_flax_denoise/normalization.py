@@ -44,10 +44,16 @@ class Normalization:
         channels = images[0].shape[-1]
         samples = []
         for image in images:
+            if not isinstance(image, np.ndarray):  # lazy: read a few planes, never the whole array
+                image = _some_planes(image, _MAX_SAMPLES // len(images))
             flat = image.reshape(-1, channels)
             stride = max(1, flat.shape[0] * len(images) // _MAX_SAMPLES)
             samples.append(np.asarray(flat[::stride], np.float64))
         values = np.concatenate(samples)
+        if not np.all(np.isfinite(values)):
+            raise UserInputError(
+                "The image contains NaN or infinite values; replace them (e.g. with the median) first."
+            )
         if method == "percentile":
             low, high = np.percentile(values, PERCENTILES, axis=0)
             offset, scale = low, high - low
@@ -98,3 +104,13 @@ class Normalization:
     @classmethod
     def from_dict(cls, values: dict) -> "Normalization":
         return cls(values["method"], tuple(values["offset"]), tuple(values["scale"]))
+
+
+def _some_planes(image, budget: int) -> np.ndarray:
+    """Evenly spaced ``(Y, X, C)`` planes of a lazy model-layout array, about ``budget`` values in all."""
+    leading = image.shape[:-3]
+    count = int(np.prod(leading, dtype=np.int64))
+    plane = int(np.prod(image.shape[-3:], dtype=np.int64))
+    take = int(np.clip(budget // max(plane, 1), 1, count))
+    picks = np.unique(np.linspace(0, count - 1, take).round().astype(np.int64))
+    return np.stack([np.asarray(image[np.unravel_index(i, leading)]) for i in picks])

@@ -54,19 +54,19 @@ class PatchSampler:
         Spatial patch shape.
     rows : list of tuple of int
         Per image, the Y range ``[start, stop)`` to sample from.
-    input_norm, target_norm : Normalization
-        Applied to each patch as it is cut.
+    input_norms, target_norms : list of Normalization
+        Per image (and target), applied to each patch as it is cut.
     augment : bool
         Random flips along every spatial axis and 90 degree rotations in YX.
     seed : int
     """
 
-    def __init__(self, images, targets, *, patch_shape, rows, input_norm, target_norm=None,
+    def __init__(self, images, targets, *, patch_shape, rows, input_norms, target_norms=None,
                  augment=True, seed=0):
         self.images, self.targets = images, targets
         self.patch_shape = tuple(patch_shape)
         self.rows = rows
-        self.input_norm, self.target_norm = input_norm, target_norm
+        self.input_norms, self.target_norms = input_norms, target_norms
         self.augment = augment
         self.rng = np.random.default_rng(seed)
         dims = len(self.patch_shape)
@@ -98,12 +98,17 @@ class PatchSampler:
             window = (n, *[slice(s, s + p) for s, p in zip(starts, self.patch_shape)])
             flips = self.rng.random(self.dims) < 0.5 if self.augment else np.zeros(self.dims, bool)
             turns = self.rng.integers(4) if self.augment else 0
-            inputs.append(self._augment(self.input_norm.apply(image[window]), flips, turns))
+            inputs.append(self._augment(self.input_norms[which].apply(image[window]), flips, turns))
             if self.targets is not None:
-                target = self.target_norm.apply(self.targets[which][window])
+                target = self.target_norms[which].apply(self.targets[which][window])
                 targets.append(self._augment(target, flips, turns))
         x = np.stack(inputs)
-        return x, (np.stack(targets) if targets else None)
+        y = np.stack(targets) if targets else None
+        for batch, name in ((x, "training image"), (y, "target")):
+            if batch is not None and not np.all(np.isfinite(batch)):  # lazy inputs are checked as they are read
+                raise UserInputError(f"A {name} contains NaN or infinite values; replace them (e.g. with the "
+                                     "median) before training.")
+        return x, y
 
     def _augment(self, patch, flips, turns):
         for axis in np.flatnonzero(flips):

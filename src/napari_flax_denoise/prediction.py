@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .axes import check_image, validate_axes
+from .axes import check_image, is_lazy, validate_axes
 from .checkpoint import TrainedModel, load_model
 from .devices import Placement, default_batch_size
 from .embedded import embedded_models, embedded_path, load_embedded
@@ -136,11 +136,6 @@ def _apply(x, k, flip, dims, inverse=False):
     return np.flip(x, dims) if flip else x
 
 
-def _is_lazy(image) -> bool:
-    # dask, zarr and h5py arrays: index them plane by plane instead of loading them whole
-    return not isinstance(image, np.ndarray) and all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__"))
-
-
 def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
                  tta: bool = False, return_std: bool = False, out=None):
     """Generator form of :func:`denoise`: yields progress, returns the result.
@@ -152,7 +147,7 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     """
     model = resolve_model(model)
     options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std)
-    if _is_lazy(image):
+    if is_lazy(image):
         return (yield from _denoise_lazy(image, model, axes, options, out))
     result = yield from _denoise_array(image, model, axes, **options)
     if out is None:

@@ -124,14 +124,15 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
         state = load_last(output)
         config = state.config.replace(**{k: v for k, v in overrides.items() if k == "epochs"})
     init_model = resolve_model(init) if init is not None else None
-    checked = [check_image(image, axes, name="training image") for image in images]
+    checked = [check_image(image, axes, name="training image", lazy=True) for image in images]
+    images = [image for image, _ in checked]
     layouts = [layout for _, layout in checked]
     axes = layouts[0].axes
     target_layouts = None
     if targets is not None:
         if len(targets) != len(images):
             raise UserInputError(f"Give one target per training image ({len(images)}), not {len(targets)}.")
-        target_layouts = [check_image(t, axes, name="target")[1] for t in targets]
+        targets, target_layouts = zip(*[check_image(t, axes, name="target", lazy=True) for t in targets])
         for image_layout, target_layout in zip(layouts, target_layouts):
             if (image_layout.batch_shape, image_layout.spatial_shape) != \
                     (target_layout.batch_shape, target_layout.spatial_shape):

@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import napari
-import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton
 from magicgui.widgets import SpinBox, create_widget
 from napari.utils.notifications import show_info
@@ -85,8 +84,8 @@ class TrainWidget(Container):
             init = None if self.start_from.value == NEW_MODEL else MODELS.get(self.start_from.value)
             dims = init.config.dims if init is not None else None
             axes = check_axes_override(self.axes.value, layers[0]) or infer_axes(layers[0], dims)
-            images = [np.asarray(layer_data(layer)) for layer in layers]
-            targets = [np.asarray(layer_data(self.target.value))] if self.target.value is not None else None
+            images = [layer_data(layer) for layer in layers]  # lazy (dask) data stays lazy
+            targets = [layer_data(self.target.value)] if self.target.value is not None else None
         except UserInputError as error:
             running.report(error, "Training")
             return
