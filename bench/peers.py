@@ -6,7 +6,8 @@ project's, and is started by bench/run.py:
     .venv-peers/bin/python peers.py INPUTS.npz OUTPUT_PREFIX
 
 INPUTS.npz holds ``<image>/<noise>`` noisy arrays and a ``spec`` entry (JSON:
-the noise parameters, training steps, curve marks, patch and batch size).
+the noise parameters, training steps, curve marks, patch and batch size, and
+the noises CAREamics is trained on).
 This script denoises and times; it scores nothing. It writes
 OUTPUT_PREFIX.npz (every denoised image, and CAREamics' output at each curve
 mark) and OUTPUT_PREFIX.json (versions, timings, speed), and bench/run.py
@@ -153,6 +154,8 @@ def main():
             arrays[f"{key}/bm3d"] = bm3d_estimated(noisy)
             arrays[f"{key}/bm3d_vst"] = bm3d_anscombe(noisy, params["photons"], params["read"], params["scale"])
         timings[f"{key}/bm3d"] = time.perf_counter() - start
+        if noise not in spec["careamics_noises"]:
+            continue
         final, curve, info = careamics_n2v2(noisy, spec["steps"], spec["marks"], spec["patch"], spec["batch"],
                                             os.path.join(work_dir, image + noise))
         arrays[f"{key}/careamics"] = final

@@ -27,6 +27,7 @@ from skimage import data as skdata  # noqa: E402
 
 from napari_flax_denoise import Config, classical_denoise, denoise, evaluate, train_iter  # noqa: E402
 from napari_flax_denoise.checkpoint import TrainedModel, build_network  # noqa: E402
+from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
 from napari_flax_denoise.model import halo  # noqa: E402
 from napari_flax_denoise.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.prediction import default_tile_shape  # noqa: E402
@@ -92,15 +93,33 @@ def training_speed(config, steps):
             "steps_per_s": steps / (time.perf_counter() - start)}
 
 
+PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+
+
 def torch_reference(steps):
-    """Run bench/torch_peer.py in its own venv (bench/setup_torch.sh), if present."""
-    python = HERE / ".venv-torch" / "bin" / "python"
-    if not python.exists():
-        print("no PyTorch reference: run bench/setup_torch.sh to add one", flush=True)
+    """Run bench/torch_peer.py in the peers' venv (bench/setup_peers.sh), if present."""
+    if not PEERS_PYTHON.exists():
+        print("no peers: run bench/setup_peers.sh to add PyTorch, CAREamics and BM3D", flush=True)
         return None
-    out = subprocess.run([str(python), str(HERE / "torch_peer.py"), str(steps)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([str(PEERS_PYTHON), str(HERE / "torch_peer.py"), str(steps)], capture_output=True,
+                         text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_peers(noisy_sets, noise_names, steps, marks, careamics_noises):
+    """BM3D on every image and noise, CAREamics N2V2 on ``careamics_noises``, in the
+    peers' venv; returns (denoised arrays by key, timings and versions) or (None, None)."""
+    if not PEERS_PYTHON.exists():
+        return None, None
+    folder = HERE / "tmp_peers"
+    folder.mkdir(exist_ok=True)
+    spec = {"noises": {k: NOISES[k] for k in noise_names}, "steps": steps, "marks": sorted(marks),
+            "patch": Config().patch_size, "batch": Config().batch_size, "careamics_noises": careamics_noises}
+    arrays = {f"{image}/{noise}": noisy_sets[image][noise] for image in noisy_sets for noise in noise_names}
+    np.savez(folder / "inputs.npz", spec=np.array(json.dumps(spec)), **arrays)
+    subprocess.run([str(PEERS_PYTHON), str(HERE / "peers.py"), str(folder / "inputs.npz"), str(folder / "out")],
+                   check=True, stdout=subprocess.DEVNULL)
+    return dict(np.load(folder / "out.npz")), json.loads((folder / "out.json").read_text())
 
 
 def tile_speed(config, tile=512):
@@ -112,12 +131,20 @@ def tile_speed(config, tile=512):
     return tile * tile / best_time(lambda: f(state, x).block_until_ready(), 3) / 1e6
 
 
+NOISES = {**{f"gauss{s}": {"kind": "gauss", "sigma": s} for s in (15, 25, 50)},
+          "poisson30": {"kind": "poisson", "photons": 30.0, "read": 2.0, "scale": 255.0 / 30.0}}
+
+
 def noisy_versions(clean, rng):
-    """Gaussian sigma 15/25/50 on 0-255, and Poisson-Gaussian with ~30 photons at peak."""
-    out = {f"gauss{s}": clean + rng.normal(0, s, clean.shape) for s in (15, 25, 50)}
-    photons = 30.0
-    counts = rng.poisson(clean / 255.0 * photons) + rng.normal(0, 2.0, clean.shape)
-    out["poisson30"] = counts * 255.0 / photons
+    """Gaussian sigma 15/25/50 on 0-255, and Poisson-Gaussian: 30 photons at the
+    brightest pixel, read noise of 2 counts, scaled back to 0-255."""
+    out = {}
+    for name, noise in NOISES.items():
+        if noise["kind"] == "gauss":
+            out[name] = clean + rng.normal(0, noise["sigma"], clean.shape)
+        else:
+            counts = rng.poisson(clean / 255.0 * noise["photons"]) + rng.normal(0, noise["read"], clean.shape)
+            out[name] = counts * noise["scale"]
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
@@ -141,43 +168,64 @@ def train_with_curve(images, noisy, clean, config, marks, targets=None, init=Non
             curve.append({"step": event.step, "train_seconds": round(training, 2), "psnr": psnr})
 
 
-def quality(images, noise_names, steps, curve_every):
-    """PSNR / SSIM against the clean image of: the noisy input, scikit-image NLM and
-    J-invariance-calibrated NLM, n2v2 trained on the noisy image itself (with and
-    without 8-fold TTA), and care trained on the *other* images with the same noise."""
+def quality(images, noise_names, steps, curve_every, careamics_noises):
+    """PSNR / SSIM against the clean image of: the noisy input; scikit-image NLM and
+    J-invariance-calibrated NLM; BM3D (and BM3D after the Anscombe transform for
+    Poisson-Gaussian noise) and CAREamics N2V2, from the peers' venv; our n2v2
+    trained on the noisy image itself (with and without 8-fold TTA); the embedded
+    general-2d with no training and fine-tuned by n2v2 on the noisy image; and care
+    trained on the *other* images with the same noise.
+
+    Returns the rows, the peers' versions and timings, and example crops."""
     rng = np.random.default_rng(0)
     noisy_sets = {name: noisy_versions(clean, rng) for name, clean in images.items()}
     base = Config(epochs=1, steps_per_epoch=steps, val_fraction=0.0, learning_rate=2e-3)
     marks = set(range(curve_every, steps + 1, curve_every))
-    rows = []
+    peer_arrays, peers = run_peers(noisy_sets, noise_names, steps, marks, careamics_noises)
+    rows, crops = [], {}
     for noise in noise_names:
         for name, clean in images.items():
             noisy = noisy_sets[name][noise]
             score = lambda x: evaluate(x, clean, data_range=255)  # noqa: E731
             row = {"image": name, "noise": noise, "noisy": score(noisy)}
+            outputs = {"noisy": noisy}
             for method in ("nlm", "jinv"):
                 start = time.perf_counter()
-                row[method] = {**score(classical_denoise(noisy, method)), "seconds": time.perf_counter() - start}
+                outputs[method] = classical_denoise(noisy, method)
+                row[method] = {**score(outputs[method]), "seconds": time.perf_counter() - start}
+            key = f"{name}/{noise}"
+            for method in ("bm3d", "bm3d_vst", "careamics"):
+                if peer_arrays is not None and f"{key}/{method}" in peer_arrays:
+                    outputs[method] = peer_arrays[f"{key}/{method}"]
+                    row[method] = score(outputs[method])
+            if "careamics" in row:
+                timing = peers["timings"][f"{key}/careamics"]
+                row["careamics"].update(steps=timing["steps"], steps_per_s=timing["steps_per_s"], curve=[
+                    {"step": s, "train_seconds": round(t, 2), "psnr": score(peer_arrays[f"{key}/careamics@{s}"])["psnr"]}
+                    for s, t in timing["curve"]])
             model, curve = train_with_curve(noisy, noisy, clean, base, marks)
-            row["n2v2"] = {**score(denoise(noisy, model, axes="YX")), "steps": steps, "curve": curve}
+            outputs["n2v2"] = denoise(noisy, model, axes="YX")
+            row["n2v2"] = {**score(outputs["n2v2"]), "steps": steps, "curve": curve}
             row["n2v2_tta"] = score(denoise(noisy, model, axes="YX", tta=True))
-            row["default"] = score(denoise(noisy, "general-2d", axes="YX"))  # embedded, no training
-            tuned, curve = train_with_curve(noisy, noisy, clean, base, marks, init="general-2d")
-            row["n2v2_from_default"] = {**score(denoise(noisy, tuned, axes="YX")), "steps": steps, "curve": curve}
+            outputs["default"] = denoise(noisy, "general-2d", axes="YX")  # embedded, no training
+            row["default"] = score(outputs["default"])
+            tuned, curve = train_with_curve(noisy, noisy, clean, base.replace(learning_rate=FINE_TUNE_LEARNING_RATE),
+                                            marks, init="general-2d")
+            outputs["n2v2_from_default"] = denoise(noisy, tuned, axes="YX")
+            row["n2v2_from_default"] = {**score(outputs["n2v2_from_default"]), "steps": steps, "curve": curve}
             others = [k for k in images if k != name]
             if others:
                 care, curve = train_with_curve(
                     [noisy_sets[k][noise] for k in others], noisy, clean, base.replace(algorithm="care"),
                     marks, targets=[images[k] for k in others])
-                row["care"] = {**score(denoise(noisy, care, axes="YX")), "steps": steps, "curve": curve,
-                               "trained_on": others}
+                outputs["care"] = denoise(noisy, care, axes="YX")
+                row["care"] = {**score(outputs["care"]), "steps": steps, "curve": curve, "trained_on": others}
             rows.append(row)
-            print(f"{name:8s} {noise:10s} noisy {row['noisy']['psnr']:.2f}  nlm {row['nlm']['psnr']:.2f}  "
-                  f"jinv {row['jinv']['psnr']:.2f}  n2v2 {row['n2v2']['psnr']:.2f}  "
-                  f"n2v2+tta {row['n2v2_tta']['psnr']:.2f}  default {row['default']['psnr']:.2f}  "
-                  f"n2v2 from default {row['n2v2_from_default']['psnr']:.2f}  care {row.get('care', {}).get('psnr', float('nan')):.2f}",
-                  flush=True)
-    return rows
+            if noise in careamics_noises:
+                crops.update({f"{key}/{k}": v[64:192, 64:192] for k, v in {**outputs, "clean": clean}.items()})
+            print(f"{name:8s} {noise:10s} " + "  ".join(
+                f"{k} {v['psnr']:.2f}" for k, v in row.items() if isinstance(v, dict) and "psnr" in v), flush=True)
+    return rows, peers, crops
 
 
 def test_images(size):
@@ -213,28 +261,39 @@ def markdown(results):
                      f"{t['train_steps_per_s']:.2f} steps/s (ours, care: {t['train_ratio']:.2f}x), forward on a 512x512 "
                      f"tile {t['forward_mpix_per_s_512']:.3f} MPix/s (ours {t['ours_forward_mpix_per_s_512']:.3f}, "
                      f"{t['forward_ratio']:.2f}x).")
+    peers = results.get("peers")
+    if peers:
+        sp = peers["speed"]
+        lines.append("")
+        lines.append(f"CAREamics {peers['careamics']} (PyTorch {peers['torch']}, {peers['threads']} threads), same run: "
+                     f"its default tiled prediction ({sp['tile']}-pixel tiles, {sp['overlap']}-pixel overlap) of the same "
+                     f"U-Net on 2048x2048 ran at {sp['predict_mpix_per_s_2048']:.3f} MPix/s; ours "
+                     f"{sp['ours_mpix_per_s']:.3f} MPix/s ({sp['ratio']:.1f}x).")
     if results.get("quality"):
+        rows = results["quality"]
+        columns = [("noisy", "noisy"), ("nlm", "NLM"), ("jinv", "J-inv NLM"), ("bm3d", "BM3D"),
+                   ("bm3d_vst", "BM3D + Anscombe"), ("careamics", "CAREamics N2V2"), ("n2v2", "n2v2"),
+                   ("n2v2_tta", "n2v2 + TTA"), ("default", "general-2d (no training)"),
+                   ("n2v2_from_default", "n2v2 from general-2d"), ("care", "care")]
+        columns = [(k, title) for k, title in columns if any(k in r for r in rows)]
         lines.append("")
-        lines.append("PSNR in dB (SSIM) against the clean image; n2v2 is trained on the noisy image itself, "
-                     "care on the other images with the same noise, both for "
-                     f"{results['quality'][0]['n2v2']['steps']} steps.\n")
-        lines.append("| image | noise | noisy | NLM | J-inv NLM | n2v2 | n2v2 + TTA | care | general-2d (no training) "
-                     "| n2v2 from general-2d |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
-        for r in results["quality"]:
+        lines.append("PSNR in dB (SSIM) against the clean image. BM3D is given the true sigma for Gaussian noise and "
+                     "an estimated one otherwise; BM3D + Anscombe is given the true photon scale and read noise. "
+                     "CAREamics N2V2 and our n2v2 are trained on the noisy image itself, our care on the other images "
+                     f"with the same noise, all for {rows[0]['n2v2']['steps']} steps of the same patches and batch.\n")
+        lines.append("| image | noise | " + " | ".join(title for _, title in columns) + " |")
+        lines.append("|---|---|" + "---|" * len(columns))
+        for r in rows:
             cell = lambda s: f"{s['psnr']:.2f} ({s['ssim']:.3f})" if s else "-"  # noqa: E731
-            lines.append(f"| {r['image']} | {r['noise']} | {cell(r['noisy'])} | {cell(r['nlm'])} | {cell(r['jinv'])} "
-                         f"| {cell(r['n2v2'])} | {cell(r['n2v2_tta'])} | {cell(r.get('care'))} "
-                         f"| {cell(r.get('default'))} | {cell(r.get('n2v2_from_default'))} |")
-        lines.append("")
-        lines.append("n2v2 PSNR against training time (first image, first noise): " + ", ".join(
-            f"{c['step']} steps / {c['train_seconds']:.0f} s: {c['psnr']:.2f} dB"
-            for c in results["quality"][0]["n2v2"]["curve"]))
-        if "n2v2_from_default" in results["quality"][0]:
-            lines.append("")
-            lines.append("The same, fine-tuned from the embedded general-2d: " + ", ".join(
-                f"{c['step']} steps / {c['train_seconds']:.0f} s: {c['psnr']:.2f} dB"
-                for c in results["quality"][0]["n2v2_from_default"]["curve"]))
+            lines.append(f"| {r['image']} | {r['noise']} | " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |")
+        for key, title in (("careamics", "CAREamics N2V2"), ("n2v2", "Our n2v2 from scratch"),
+                           ("n2v2_from_default", "Our n2v2 fine-tuned from general-2d")):
+            for r in rows:
+                if key in r and r[key].get("curve"):
+                    lines.append("")
+                    lines.append(f"{title}, PSNR against training time ({r['image']}, {r['noise']}): " + ", ".join(
+                        f"{c['step']} steps / {c['train_seconds']:.0f} s: {c['psnr']:.2f} dB" for c in r[key]["curve"]))
+                    break
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +310,8 @@ def main():
     quick = args.quick
     if args.quality_only:
         results = json.loads(Path(args.output).read_text())
-        results["quality"], results["quality_date"] = quality_for(args), time.strftime("%Y-%m-%d")
+        add_quality(results, args)
+        results["quality_date"] = time.strftime("%Y-%m-%d")
         write(results, args.output)
         return
     peak = matmul_peak()
@@ -278,24 +338,38 @@ def main():
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "quick": quick, "speed": speed}
     if not args.skip_quality:
-        results["quality"] = quality_for(args)
+        add_quality(results, args)
     write(results, args.output)
 
 
-def quality_for(args):
-    """The quality part of the benchmark at the sizes the command line asks for."""
+def add_quality(results, args):
+    """Add the quality part (and the peers' inference speed) at the sizes the command
+    line asks for; save example crops and draw the plots."""
     images = {k: v for k, v in test_images(128 if args.quick else 256).items() if k in args.images}
     noises = ["gauss25"] if args.quick else ["gauss25", "gauss15", "gauss50", "poisson30"]
+    careamics_noises = ["gauss25"] if args.quick else ["gauss25", "poisson30"]  # the issue's target noises
     steps = 20 if args.quick else args.steps
-    return quality(images, noises, steps, max(steps // 5, 1))
+    results["quality"], peers, crops = quality(images, noises, steps, max(steps // 5, 1), careamics_noises)
+    if peers is None:
+        return
+    ours = next(r for r in results["speed"]["inference"] if r["algorithm"] == "n2v2" and r["dims"] == 2)
+    peers["speed"]["ours_mpix_per_s"] = ours["mpix_per_s"]
+    peers["speed"]["ratio"] = ours["mpix_per_s"] / peers["speed"]["predict_mpix_per_s_2048"]
+    results["peers"] = peers
+    np.savez_compressed(HERE / "tmp_peers" / "crops.npz", **crops)
 
 
 def write(results, output):
-    """Write the results file and its markdown table, and print the table."""
+    """Write the results file and its markdown table, print the table, and draw the
+    plots beside the results file when the peers ran."""
     Path(output).write_text(json.dumps(results, indent=1))
     table = markdown(results)
     Path(output).with_suffix(".md").write_text(table)
     print(table)
+    crops = HERE / "tmp_peers" / "crops.npz"
+    if results.get("peers") and crops.exists():
+        subprocess.run([str(PEERS_PYTHON), str(HERE / "plots.py"), str(output), str(crops),
+                        str(Path(output).parent)], check=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import tifffile
 from skimage import data
 
 from napari_flax_denoise import denoise, psnr, train
+from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE
 from napari_flax_denoise.embedded import embedded_models, embedded_path, load_embedded
 from napari_flax_denoise.samples import sample_path
 
@@ -71,6 +72,10 @@ def test_fine_tuning_from_the_default_keeps_its_architecture(noisy):
     assert (config.features, config.depth, config.normalize_per_image) == (base.features, base.depth, True)
     assert result.model.info["fine_tuned_from"] == "general-2d"
     assert json.dumps(result.model.config.to_dict())  # still a plain, saveable config
+    assert config.learning_rate == FINE_TUNE_LEARNING_RATE  # gentle unless asked otherwise
+    chosen = train(noisy, axes="YX", init="general-2d", epochs=1, steps_per_epoch=1, batch_size=4, patch_size=32,
+                   learning_rate=1e-3)
+    assert chosen.model.config.learning_rate == 1e-3
 
 
 def test_widget_registry_offers_embedded_models_and_prefers_the_default():

@@ -14,6 +14,7 @@ if not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb is installed 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_flax_denoise import denoise, save_model  # noqa: E402
+from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
 from napari_flax_denoise.plugin.registry import MODELS  # noqa: E402
 
 PLUGIN = "napari-flax-denoise"
@@ -182,6 +183,7 @@ def test_fine_tuning_starts_from_a_loaded_model_folder(viewer, qtbot, tiny_model
     assert _errors_after(lambda: setattr(trainer.model_folder, "value", tmp_path))  # not a model folder
     trainer.model_folder.value = tmp_path / "saved tiny"
     assert trainer.start_from.value == "saved tiny"
+    assert trainer.learning_rate.value == FINE_TUNE_LEARNING_RATE  # a trained model is fine-tuned gently
     _train(qtbot, trainer)
     assert trainer.result.model.info["fine_tuned_from"] is not None
     assert trainer.result.model.config.features == tiny_model.config.features  # the architecture is kept

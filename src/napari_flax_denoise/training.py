@@ -21,7 +21,7 @@ from flax import nnx
 
 from .axes import check_image, spatial_dims
 from .checkpoint import TrainedModel, build_network, save_model
-from .config import Config
+from .config import FINE_TUNE_LEARNING_RATE, Config
 from .data import TrainingData
 from .devices import Placement
 from .errors import UserInputError
@@ -100,6 +100,8 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
     config = config.replace(**overrides)
     arch = dict(dims=spatial_dims(axes), in_channels=channels_in, out_channels=channels_out)
     if init_model is not None:
+        if "learning_rate" not in overrides and config.learning_rate == Config.learning_rate:
+            config = config.replace(learning_rate=FINE_TUNE_LEARNING_RATE)
         base = init_model.config
         mismatch = [k for k, v in arch.items() if getattr(base, k) != v]
         if mismatch:

@@ -11,7 +11,7 @@ from magicgui.widgets import SpinBox, create_widget
 from napari.utils.notifications import show_info
 
 from ..checkpoint import save_model
-from ..config import ALGORITHMS, Config
+from ..config import ALGORITHMS, FINE_TUNE_LEARNING_RATE, Config
 from ..errors import UserInputError
 from . import running
 from .jobs import train_with_preview
@@ -52,7 +52,7 @@ class TrainWidget(Container):
         self.patch_size = SpinBox(label="Patch size", value=defaults.patch_size, min=8, max=1024, step=8)
         self.batch_size = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=1024)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=defaults.learning_rate, min=1e-6, max=1.0,
-                                          step=1e-4)
+                                          step=1e-5, tooltip="Lower when fine-tuning a trained model.")
         self.val_fraction = FloatSpinBox(label="Validation fraction", value=defaults.val_fraction, min=0.0,
                                          max=0.5, step=0.05)
         self.preview_every = SpinBox(label="Preview every (steps)", value=25, min=0, max=100_000,
@@ -74,6 +74,11 @@ class TrainWidget(Container):
         self.save_button.changed.connect(self.save)
         self.model_folder.changed.connect(lambda folder: running.load_model_folder(folder, self.start_from))
         running.follow(MODELS.changed, self, self.start_from.reset_choices)
+        self.start_from.changed.connect(self._suggest_learning_rate)
+
+    def _suggest_learning_rate(self, start_from):
+        """A trained model is fine-tuned gently, a new one trained at the default rate."""
+        self.learning_rate.value = Config().learning_rate if start_from == NEW_MODEL else FINE_TUNE_LEARNING_RATE
 
     def start(self):
         """Start training (a notification explains anything that prevents it)."""
