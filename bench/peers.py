@@ -45,6 +45,7 @@ import careamics  # noqa: E402
 from careamics import CAREamist  # noqa: E402
 from careamics.config import create_advanced_n2v_config  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
+from torch_peer import best  # noqa: E402 (beside this file, in the same venv)
 
 
 class Snapshots(Callback):
@@ -128,16 +129,6 @@ def bm3d_estimated(noisy):
     return bm3d_gauss(noisy, float(estimate_sigma(noisy)))
 
 
-def best_time(fn, repeats=2):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main():
     inputs, prefix = np.load(sys.argv[1]), sys.argv[2]
     spec = json.loads(str(inputs["spec"]))
@@ -170,7 +161,7 @@ def main():
         num_steps=1, use_n2v2=True, model_params={"depth": 2, "num_channels_init": 32}, logger="none"),
         work_dir=os.path.join(work_dir, "speed"), enable_progress_bar=False)
     careamist.train(train_data=big[:256, :256])
-    seconds = best_time(lambda: predict(careamist, big))
+    seconds = best(lambda: predict(careamist, big), 2)
     speed = {"predict_mpix_per_s_2048": big.size / seconds / 1e6, "tile": 256, "overlap": 48}
     np.savez_compressed(prefix + ".npz", **arrays)
     with open(prefix + ".json", "w") as f:

@@ -94,6 +94,7 @@ def training_speed(config, steps):
 
 
 PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+README_START, README_END = "<!-- bench-table -->", "<!-- /bench-table -->"
 
 
 def torch_reference(steps):
@@ -366,6 +367,13 @@ def write(results, output):
     table = markdown(results)
     Path(output).with_suffix(".md").write_text(table)
     print(table)
+    readme = HERE.parent / "README.md"
+    if Path(output).resolve() == (HERE / "results.json").resolve():  # the README quotes the default run
+        text = readme.read_text()
+        start, end = text.index(README_START) + len(README_START), text.index(README_END)
+        images = "\n![PSNR against training time](bench/psnr_vs_time.png)\n\n![Crops](bench/crops.png)\n" \
+            if results.get("peers") else ""
+        readme.write_text(text[:start] + "\n" + table + images + text[end:])
     crops = HERE / "tmp_peers" / "crops.npz"
     if results.get("peers") and crops.exists():
         subprocess.run([str(PEERS_PYTHON), str(HERE / "plots.py"), str(output), str(crops),
