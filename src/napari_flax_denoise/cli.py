@@ -117,12 +117,13 @@ def _train(args):
 
     config = Config.from_json(args.config) if args.config else None
     images, axes = [], args.axes
-    for path in args.inputs:
-        image, axes = _read(path, axes)
+    for path in args.inputs:  # lazy (zarr, large TIFF): training reads patches, never the whole file
+        image, file_axes, _ = _open(path)
+        axes = axes or file_axes
         images.append(image)
     if axes is None:
         raise UserInputError("The inputs record no axes; give --axes (e.g. YX, ZYX or TYX).")
-    targets = [_read(path)[0] for path in args.target] if args.target else None
+    targets = [_open(path)[0] for path in args.target] if args.target else None
     overrides = {k: v for k, v in dict(
         algorithm=args.algorithm, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
