@@ -28,7 +28,6 @@ from skimage import data as skdata  # noqa: E402
 from napari_flax_denoise import Config, classical_denoise, denoise, evaluate, train_iter  # noqa: E402
 from napari_flax_denoise.checkpoint import TrainedModel, build_network  # noqa: E402
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
-from napari_flax_denoise.model import halo  # noqa: E402
 from napari_flax_denoise.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.prediction import default_tile_shape  # noqa: E402
 
@@ -72,7 +71,7 @@ def inference(config, shape, axes, peak, repeats=2):
     image = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
     seconds = best_time(lambda: denoise(image, model, axes=axes), repeats)
     spatial = tuple(s for s, a in zip(shape, axes) if a in "ZYX")
-    tile = default_tile_shape(spatial, config.dims, halo(config))
+    tile = default_tile_shape(spatial, config)
     fpp = flops_per_pixel(model, tile)
     pixels = image.size
     return {"algorithm": config.algorithm, "dims": config.dims, "shape": list(shape), "tile_shape": list(tile),
@@ -304,6 +303,9 @@ def main():
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--quality-only", action="store_true",
                         help="keep the speed section of the existing results file and redo the quality part")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="keep the quality section of the existing results file and redo the speed part "
+                             "(with CAREamics' prediction speed, measured again)")
     parser.add_argument("--steps", type=int, default=150, help="training steps of n2v2 and care per image")
     parser.add_argument("--images", nargs="+", default=["camera", "cell"], choices=["camera", "cell", "coins"])
     parser.add_argument("--output", default=str(HERE / "results.json"))
@@ -338,9 +340,24 @@ def main():
     speed["matmul_gflops_after"] = matmul_peak()
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "quick": quick, "speed": speed}
-    if not args.skip_quality:
+    if args.speed_only:
+        old = json.loads(Path(args.output).read_text())
+        results.update(quality=old.get("quality"), quality_date=old.get("quality_date", old["date"]))
+        if old.get("peers"):
+            _, fresh = run_peers({}, [], 0, [], [])  # no images: CAREamics' prediction speed only
+            results["peers"] = {**old["peers"], "speed": fresh["speed"]} if fresh else old["peers"]
+            add_peer_ratio(results)
+    elif not args.skip_quality:
         add_quality(results, args)
     write(results, args.output)
+
+
+def add_peer_ratio(results):
+    """CAREamics' prediction speed against ours, both from this run."""
+    ours = next(r for r in results["speed"]["inference"] if r["algorithm"] == "n2v2" and r["dims"] == 2)
+    speed = results["peers"]["speed"]
+    speed["ours_mpix_per_s"] = ours["mpix_per_s"]
+    speed["ratio"] = ours["mpix_per_s"] / speed["predict_mpix_per_s_2048"]
 
 
 def add_quality(results, args):
@@ -353,10 +370,8 @@ def add_quality(results, args):
     results["quality"], peers, crops = quality(images, noises, steps, max(steps // 5, 1), careamics_noises)
     if peers is None:
         return
-    ours = next(r for r in results["speed"]["inference"] if r["algorithm"] == "n2v2" and r["dims"] == 2)
-    peers["speed"]["ours_mpix_per_s"] = ours["mpix_per_s"]
-    peers["speed"]["ratio"] = ours["mpix_per_s"] / peers["speed"]["predict_mpix_per_s_2048"]
     results["peers"] = peers
+    add_peer_ratio(results)
     np.savez_compressed(HERE / "tmp_peers" / "crops.npz", **crops)
 
 

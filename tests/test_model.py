@@ -59,3 +59,40 @@ def test_n2v2_has_no_top_skip():
     n2v2 = build_network(Config(algorithm="n2v2", features=8))
     assert n2v.decoders[-1].conv1.kernel.shape[2] == 16
     assert n2v2.decoders[-1].conv1.kernel.shape[2] == 8
+
+
+@pytest.mark.parametrize("algorithm,dims,size", [("n2v", 2, (20, 27)), ("n2v2", 3, (9, 12, 10))])
+def test_image_in_the_corner_of_a_larger_tile_gives_its_own_result(algorithm, dims, size):
+    # The valid-extent masks make the zeros after an image's end act like a real image edge,
+    # including sizes off the pooling grid; so one tile shape serves every image size.
+    config = Config(algorithm=algorithm, dims=dims, features=4, depth=2, patch_size=16)
+    network = build_network(config, seed=3)
+    net = jax.jit(lambda x, valid=None: network(x, valid))
+    rng = np.random.default_rng(1)
+    tile = tuple(-(-s // 4) * 4 + 8 for s in size)
+    grid_size = tuple(-(-s // 4) * 4 for s in size)
+    image = rng.normal(size=(1, *grid_size, 1)).astype(np.float32)
+    alone = np.asarray(net(jnp.asarray(image), jnp.asarray([grid_size])))  # exact size, on the grid
+    np.testing.assert_allclose(alone, np.asarray(net(jnp.asarray(image))), atol=1e-5)
+    placed = np.full((1, *tile, 1), 7.0, np.float32)  # garbage past the image must not matter
+    placed[(0, *(slice(0, s) for s in grid_size))] = image[0]
+    corner = np.asarray(net(jnp.asarray(placed), jnp.asarray([grid_size])))
+    np.testing.assert_allclose(corner[(0, *(slice(0, s) for s in grid_size))], alone[0], atol=1e-5)
+    # Off the grid: the same masked image in two tile sizes agrees.
+    odd = jnp.asarray([size])
+    small, large = (np.asarray(net(jnp.asarray(placed[(slice(None), *(slice(0, t) for t in shape))]), odd))
+                    for shape in (grid_size, tile))
+    region = (0, *(slice(0, s) for s in size))
+    np.testing.assert_allclose(small[region], large[region], atol=1e-5)
+
+
+def test_3d_convolution_on_cpu_matches_the_native_one():
+    from napari_flax_denoise.model import _conv3d_cpu, _conv3d_native
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 5, 8, 7, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 3, 4)), jnp.float32)
+    np.testing.assert_allclose(_conv3d_cpu(x, kernel), _conv3d_native(x, kernel), atol=1e-4)
+    grads = [jax.grad(lambda x, k: (f(x, k) ** 2).sum(), (0, 1))(x, kernel) for f in (_conv3d_cpu, _conv3d_native)]
+    for ours, native in zip(*grads):
+        np.testing.assert_allclose(ours, native, rtol=1e-4, atol=1e-3)

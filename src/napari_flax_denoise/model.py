@@ -27,17 +27,58 @@ def conv(x: jax.Array, layer: nnx.Conv, parts=None) -> jax.Array:
     same result as concatenating first, without materialising the
     concatenation (a large memory copy on CPU).
     """
-    dims = layer.kernel.ndim - 2
-    spatial = "DHW"[3 - dims:]
-    spec = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
     kernel = layer.kernel[...]
     out, start = None, 0
     for part in (x,) if parts is None else parts:
         stop = start + part.shape[-1]
-        term = jax.lax.conv_general_dilated(part, kernel[..., start:stop, :], (1,) * dims, "SAME",
-                                            dimension_numbers=spec)
+        term = _conv_same(part, kernel[..., start:stop, :])
         out, start = term if out is None else out + term, stop
     return out + layer.bias[...]
+
+
+def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'SAME' convolution of a channels-last batch; 3D on a CPU goes through :func:`_conv3d_cpu`."""
+    dims = kernel.ndim - 2
+    if dims == 3 and jax.default_backend() == "cpu":
+        return _conv3d_cpu(x, kernel)
+    spatial = "DHW"[3 - dims:]
+    spec = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    return jax.lax.conv_general_dilated(x, kernel, (1,) * dims, "SAME", dimension_numbers=spec)
+
+
+def _conv3d_native(x, kernel):
+    spec = ("NDHWC", "DHWIO", "NDHWC")
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME", dimension_numbers=spec)
+
+
+@jax.custom_vjp
+def _conv3d_cpu(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """3D 'SAME' convolution on a CPU as a sum of 2D convolutions of Z-shifted slabs.
+
+    XLA's CPU backend runs 3D convolutions at about half the speed of 2D ones
+    (22 against 35-58 GFLOP/s measured here); the gradient, where the
+    decomposition does not pay, is the native one.
+    """
+    n, z, *plane, channels = x.shape
+    reach = kernel.shape[0] // 2
+    shifted = jnp.pad(x, ((0, 0), (reach, reach), (0, 0), (0, 0), (0, 0)))
+    out = None
+    for dz in range(kernel.shape[0]):
+        slab = jax.lax.slice_in_dim(shifted, dz, dz + z, axis=1).reshape(n * z, *plane, channels)
+        term = _conv_same(slab, kernel[dz])
+        out = term if out is None else out + term
+    return out.reshape(n, z, *plane, kernel.shape[-1])
+
+
+def _conv3d_cpu_forward(x, kernel):
+    return _conv3d_cpu(x, kernel), (x, kernel)
+
+
+def _conv3d_cpu_backward(saved, grad):
+    return jax.vjp(_conv3d_native, *saved)[1](grad)
+
+
+_conv3d_cpu.defvjp(_conv3d_cpu_forward, _conv3d_cpu_backward)
 
 
 class ConvBlock(nnx.Module):
@@ -57,10 +98,39 @@ class ConvBlock(nnx.Module):
         self.conv1 = nnx.Conv(in_features, mid_features, kernel, kernel_init=_KERNEL_INIT, rngs=rngs)
         self.conv2 = nnx.Conv(mid_features, out_features, kernel, kernel_init=_KERNEL_INIT, rngs=rngs)
 
-    def __call__(self, *parts):
-        """Apply the block to the channel-concatenation of ``parts``."""
-        h = jax.nn.relu(conv(None, self.conv1, parts))
-        return jax.nn.relu(conv(h, self.conv2))
+    def __call__(self, *parts, mask=None):
+        """Apply the block to the channel-concatenation of ``parts``.
+
+        ``mask`` (optional, boolean, broadcastable): activations outside it
+        are set to zero, as if the image ended there (see :meth:`UNet.__call__`).
+        """
+        h = _masked(jax.nn.relu(conv(None, self.conv1, parts)), mask)
+        return _masked(jax.nn.relu(conv(h, self.conv2)), mask)
+
+
+def _masked(x: jax.Array, mask) -> jax.Array:
+    return x if mask is None else jnp.where(mask, x, 0.0)
+
+
+def valid_masks(valid: jax.Array, spatial_shape, depth: int) -> list[jax.Array]:
+    """Per U-Net level, a boolean ``(N, *spatial, 1)`` mask of each sample's valid region.
+
+    ``valid`` is ``(N, dims)``: the first ``valid[n, i]`` pixels along
+    spatial axis ``i`` of sample ``n`` are image; level ``l`` keeps
+    ``ceil(valid / 2**l)`` of them.
+    """
+    masks = []
+    for level in range(depth + 1):
+        mask = None
+        for axis, size in enumerate(spatial_shape):
+            extent = -(-valid[:, axis] // 2**level)
+            inside = jnp.arange(size // 2**level) < extent[:, None]
+            shape = [valid.shape[0]] + [1] * len(spatial_shape) + [1]
+            shape[1 + axis] = size // 2**level
+            inside = inside.reshape(shape)
+            mask = inside if mask is None else mask & inside
+        masks.append(mask)
+    return masks
 
 
 def max_pool(x: jax.Array, dims: int) -> jax.Array:
@@ -140,17 +210,28 @@ class UNet(nnx.Module):
         self.decoders = nnx.List(decoders)
         self.head = nnx.Conv(channels, config.out_channels, (1,) * d, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """Denoise a batch ``x`` of shape ``(N, [Z,] Y, X, C)``.
+
+        ``valid`` (optional, integers ``(N, dims)``): only the first
+        ``valid[n]`` pixels of sample ``n`` along each spatial axis are image.
+        Activations beyond are held at zero after every layer, which is what
+        the convolutions' zero padding does at a real image edge. So an image
+        placed in the corner of a larger tile gives the same result as on its
+        own, and one compiled tile shape serves every image size.
+        """
+        masks = [None] * (self.depth + 1) if valid is None else valid_masks(valid, x.shape[1:-1], self.depth)
         pool = max_blur_pool if self.blurpool else max_pool
-        skips, h = [], x
-        for encoder in self.encoders:
-            h = encoder(h)
+        skips, h = [], _masked(x, masks[0])
+        for level, encoder in enumerate(self.encoders):
+            h = encoder(h, mask=masks[level])
             skips.append(h)
             h = pool(h, self.dims)
-        h = self.bottleneck(h)
+        h = self.bottleneck(h, mask=masks[self.depth])
         for level, decoder in zip(reversed(range(self.depth)), self.decoders):
             h = upsample(h, self.dims)
-            h = decoder(h) if level == 0 and self.blurpool else decoder(h, skips[level])
+            parts = (h,) if level == 0 and self.blurpool else (h, skips[level])
+            h = decoder(*parts, mask=masks[level])
         out = self.head(h)
         if self.residual and out.shape[-1] == x.shape[-1]:
             out = out + x

@@ -1,9 +1,14 @@
 """Tiled, batched, jit-compiled denoising with optional test-time augmentation.
 
 Images are cut into overlapping tiles of one fixed shape, so one compiled
-function serves images of any size. The overlap is the network's receptive
-radius rounded to its pooling grid and each tile contributes only its centre,
-so a tiled result equals the untiled one up to float rounding.
+function serves images of any size. Neighbouring tiles overlap by twice the
+network's receptive radius (rounded to its pooling grid) and each gives only
+its centre. At the image's edges a thin mirrored margin (a quarter of that
+radius) gives the network context, and a tile that reaches past the image
+tells the network where the image ends (see :meth:`UNet.__call__`), so the
+rest of the tile costs nothing in the result. A tiled result therefore equals
+the untiled one up to float rounding, and a small image costs one tile of
+about its own size.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ from .errors import UserInputError
 from .model import halo as network_halo
 from .normalization import Normalization
 
-# Largest default tile per spatial axis, and the step in which smaller images
-# are rounded up, so only a handful of tile shapes (compilations) ever occur.
+# Largest default tile per spatial axis (2D: new pixels per tile, to which the
+# overlap is added), and the step in which smaller images are rounded up, so
+# only a handful of tile shapes (compilations) ever occur. A CPU runs one tile
+# per call and gains from big tiles (1088 against 576 pixels: 1.19x on
+# 2048x2048, 1.3 GB peak); accelerators run 8 tiles per call.
 _TILE_CAP = {2: (512, 512), 3: (96, 160, 160)}
-_TILE_STEP = {2: 128, 3: 32}
+_TILE_CAP_CPU = {2: (1024, 1024), 3: (96, 160, 160)}
+_TILE_STEP = {2: 64, 3: 16}
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,8 @@ class DenoiseProgress:
 
 
 @partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, batch):
-    return nnx.merge(graphdef, state)(batch)
+def _forward(graphdef, state, batch, valid):
+    return nnx.merge(graphdef, state)(batch, valid)
 
 
 def resolve_model(model) -> TrainedModel:
@@ -58,13 +67,33 @@ def resolve_model(model) -> TrainedModel:
     raise UserInputError("model must be a trained model, a model directory or an embedded model's name.")
 
 
-def default_tile_shape(spatial_shape, dims: int, halo: int) -> tuple[int, ...]:
-    """Tile shape for an image: the whole padded image if small, else the cap."""
-    caps, step = _TILE_CAP[dims], _TILE_STEP[dims]
-    return tuple(min(cap, -(-(s + 2 * halo) // step) * step) for s, cap in zip(spatial_shape, caps))
+def edge_margin(halo: int, grid: int) -> int:
+    """Mirrored margin at image edges: a quarter of the halo, on the pooling grid.
+
+    Without it the outermost pixels meet the convolutions' zero padding,
+    which costs about 1.5 dB on a 128-pixel image's outer 2 pixels; with 4-8
+    mirrored pixels the result matches a full-halo mirror within 0.01 dB.
+    """
+    return -(-(halo // 4) // grid) * grid
 
 
-def _check_tiling(tile_shape, overlap, dims, config):
+def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
+    """Tile shape for an image: the whole image (with its margins) rounded up if small, else the cap.
+
+    In 2D the cap is 1024 (CPU) or 512 (accelerators) plus the overlap, so a
+    2048-pixel side takes two or four tiles with no pixels to spare.
+    """
+    dims, halo = config.dims, network_halo(config)
+    caps = (_TILE_CAP_CPU if jax.default_backend() == "cpu" else _TILE_CAP)[dims]
+    step = _TILE_STEP[dims]
+    if dims == 2:
+        caps = tuple(cap + 2 * halo for cap in caps)
+    margin = edge_margin(halo, 2**config.depth)
+    return tuple(min(cap, -(-(s + 2 * margin) // step) * step) for s, cap in zip(spatial_shape, caps))
+
+
+def _check_tiling(tile_shape, overlap, spatial_shape, config):
+    dims = len(spatial_shape)
     grid = 2**config.depth
     halo = network_halo(config)
     if overlap is not None:
@@ -79,13 +108,32 @@ def _check_tiling(tile_shape, overlap, dims, config):
         tile_shape = tile_shape * dims
     if len(tile_shape) != dims:
         raise UserInputError(f"tile_shape must have {dims} numbers for this {dims}D model, not {tile_shape}.")
-    for t, h in zip(tile_shape, halos):
-        if t % grid or t <= 2 * h:
+    for t, h, size in zip(tile_shape, halos, spatial_shape):
+        if t % grid or (t <= 2 * h and size > t):  # overlapping tiles need room for new pixels
             raise UserInputError(
                 f"Tile size {t} must be a multiple of {grid} and larger than twice the overlap margin "
                 f"({2 * h}); try {max(4 * h, 2 * grid)} or more, or leave tile_shape unset."
             )
     return tile_shape, halos
+
+
+def _tile_spans(size: int, tile: int, halo: int):
+    """Tiles along one axis: ``(start, valid, keep_from, keep_to)`` each.
+
+    Tiles start every ``tile - 2 * halo`` pixels; the last one may reach past
+    the image (its ``valid`` part is image). Each tile keeps the pixels
+    ``[keep_from, keep_to)`` of the image: its centre, and everything up to
+    an image edge that lies inside it.
+    """
+    stride = tile - 2 * halo
+    count = 1 if size <= tile else -(-(size - tile) // stride) + 1
+    spans = []
+    for k in range(count):
+        start = k * stride
+        keep_from = 0 if k == 0 else start + halo
+        keep_to = size if k == count - 1 else start + stride + halo
+        spans.append((start, min(tile, size - start), keep_from, keep_to))
+    return spans
 
 
 def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, batch_size):
@@ -98,27 +146,29 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
     placement = Placement(batch_size)  # tiles spread over the devices, weights on each
     state = placement.replicate(state)
     spatial = images.shape[1:-1]
-    strides = [t - 2 * h for t, h in zip(tile_shape, halos)]
-    counts = [-(-s // st) for s, st in zip(spatial, strides)]
-    pads = [(h, (n - 1) * st + t - s - h) for s, st, n, t, h in zip(spatial, strides, counts, tile_shape, halos)]
+    margin = edge_margin(network_halo(model.config), 2**model.config.depth)
+    spans = [_tile_spans(s + 2 * margin, t, h) for s, t, h in zip(spatial, tile_shape, halos)]
     out = np.empty((*images.shape[:-1], model.config.out_channels), np.float32)
-    jobs = [(n, starts) for n in range(images.shape[0])
-            for starts in itertools.product(*[range(0, c * st, st) for c, st in zip(counts, strides)])]
+    jobs = [(n, tile) for n in range(images.shape[0]) for tile in itertools.product(*spans)]
     total = -(-len(jobs) // batch_size)
+    blank = np.zeros((batch_size, *tile_shape, images.shape[-1]), np.float32)
     padded_n, padded = -1, None
     for done, first in enumerate(range(0, len(jobs), batch_size), start=1):
         chunk = jobs[first:first + batch_size]
-        tiles = []
-        for n, starts in chunk:
-            if n != padded_n:  # pad one image at a time: memory stays at one image
-                padded_n, padded = n, np.pad(images[n], pads + [(0, 0)], mode="reflect")
-            tiles.append(padded[tuple(slice(s, s + t) for s, t in zip(starts, tile_shape))])
-        tiles += [np.zeros_like(tiles[0])] * (batch_size - len(tiles))  # keep one compiled shape
-        result = np.asarray(_forward(graphdef, state, placement.split(np.stack(tiles))))
-        for (n, starts), tile in zip(chunk, result):
-            target = tuple(slice(s, min(s + st, size)) for s, st, size in zip(starts, strides, spatial))
-            centre = tuple(slice(h, h + (t.stop - t.start)) for h, t in zip(halos, target))
-            out[(n, *target)] = tile[centre]
+        batch, valid = blank.copy(), np.zeros((batch_size, len(spatial)), np.int32)
+        for i, (n, tile) in enumerate(chunk):
+            if n != padded_n:  # mirror one image at a time: memory stays at one image
+                padded_n, padded = n, np.pad(images[n], [(margin, margin)] * len(spatial) + [(0, 0)], mode="reflect")
+            batch[(i, *(slice(0, size) for _, size, _, _ in tile))] = \
+                padded[tuple(slice(start, start + size) for start, size, _, _ in tile)]
+            valid[i] = [size for _, size, _, _ in tile]
+        result = np.asarray(_forward(graphdef, state, placement.split(batch), placement.split(valid)))
+        for (n, tile), prediction in zip(chunk, result):
+            keep = [(max(keep_from, margin), min(keep_to, margin + size), start)
+                    for (start, _, keep_from, keep_to), size in zip(tile, spatial)]
+            if all(lo < hi for lo, hi, _ in keep):
+                target = tuple(slice(lo - margin, hi - margin) for lo, hi, _ in keep)
+                out[(n, *target)] = prediction[tuple(slice(lo - start, hi - start) for lo, hi, start in keep)]
         yield DenoiseProgress(done, total)
     return out
 
@@ -218,8 +268,8 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         input_norm = output_norm = Normalization.fit([x], config.normalization)
     x = input_norm.apply(x)
     if tile_shape is None:
-        tile_shape = default_tile_shape(layout.spatial_shape, dims, network_halo(config))
-    tile_shape, halos = _check_tiling(tile_shape, overlap, dims, config)
+        tile_shape = default_tile_shape(layout.spatial_shape, config)
+    tile_shape, halos = _check_tiling(tile_shape, overlap, layout.spatial_shape, config)
     if batch_size is None:
         batch_size = default_batch_size()
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
@@ -269,7 +319,8 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
         Axes of ``image``, e.g. ``"YX"``, ``"ZYX"``, ``"TYX"``, ``"CYX"``.
     tile_shape : tuple of int, optional
         Spatial tile shape (multiples of ``2**depth``). Default: the whole
-        image when small, else 512 x 512 (2D) or 96 x 160 x 160 (3D).
+        image when small, else 1024 (CPU) or 512 (accelerator) new pixels per
+        side plus the overlap in 2D, 96 x 160 x 160 in 3D.
     overlap : int or tuple of int, optional
         Overlap between neighbouring tiles. Default: twice the network's
         receptive radius, which makes tiling invisible.
