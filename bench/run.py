@@ -209,6 +209,7 @@ def quality(images, noise_names, steps, curve_every, careamics_noises):
             row["n2v2_tta"] = score(denoise(noisy, model, axes="YX", tta=True))
             outputs["default"] = denoise(noisy, "general-2d", axes="YX")  # embedded, no training
             row["default"] = score(outputs["default"])
+            row["default_tta"] = score(denoise(noisy, "general-2d", axes="YX", tta=True))
             tuned, curve = train_with_curve(noisy, noisy, clean, base.replace(learning_rate=FINE_TUNE_LEARNING_RATE),
                                             marks, init="general-2d")
             outputs["n2v2_from_default"] = denoise(noisy, tuned, axes="YX")
@@ -274,6 +275,7 @@ def markdown(results):
         columns = [("noisy", "noisy"), ("nlm", "NLM"), ("jinv", "J-inv NLM"), ("bm3d", "BM3D"),
                    ("bm3d_vst", "BM3D + Anscombe"), ("careamics", "CAREamics N2V2"), ("n2v2", "n2v2"),
                    ("n2v2_tta", "n2v2 + TTA"), ("default", "general-2d (no training)"),
+                   ("default_tta", "general-2d + TTA"),
                    ("n2v2_from_default", "n2v2 from general-2d"), ("care", "care")]
         columns = [(k, title) for k, title in columns if any(k in r for r in rows)]
         lines.append("")
