@@ -2,6 +2,8 @@
 
     python scripts/train_embedded.py            # about 30 minutes on 2 CPU cores
     python scripts/train_embedded.py --steps 200 --output /tmp/try   # a quick try
+    python scripts/train_embedded.py --init general-2d --learning-rate 5e-4 --output /tmp/longer
+                                                # continue training a shipped model
 
 Data: clean greyscale images bundled with scikit-image (natural photos,
 textures, text, an astronomy field, a retina fundus, histology), each with
@@ -66,7 +68,7 @@ def pairs(names, seed):
             yield (*poisson_gaussian(clean, photons, read, rng), f"{name} poisson{photons}")
 
 
-def train(output: Path, steps: int, work: Path) -> None:
+def train(output: Path, steps: int, work: Path, init=None, learning_rate=None) -> None:
     inputs, targets = [], []
     for i, (noisy, clean, _) in enumerate(pairs(TRAIN_IMAGES, seed=1)):
         np.save(work / f"noisy_{i:03d}.npy", noisy.astype(np.float32))
@@ -78,7 +80,9 @@ def train(output: Path, steps: int, work: Path) -> None:
     epochs = max(steps // 100, 1)
     subprocess.run(["flax-denoise", "train", *inputs, "--target", *targets, "--axes", "YX", "--algorithm", "care",
                     "--config", str(work / "config.json"), "--epochs", str(epochs),
-                    "--steps-per-epoch", str(steps // epochs), "--output", str(output)], check=True)
+                    "--steps-per-epoch", str(steps // epochs), "--output", str(output),
+                    *(["--init", init] if init else []),
+                    *(["--learning-rate", str(learning_rate)] if learning_rate else [])], check=True)
 
 
 def evaluate(output: Path) -> list[dict]:
@@ -100,8 +104,9 @@ def evaluate(output: Path) -> list[dict]:
     return rows
 
 
-def card(output: Path, rows: list[dict], steps: int) -> None:
+def card(output: Path, rows: list[dict], steps: int, init=None) -> None:
     info = json.loads((output / "model.json").read_text())
+    history = f" (continuing `{init}`)" if init else ""
     gain = np.mean([r["general-2d"] - r["nlm"] for r in rows])
     table = "\n".join(f"| {r['image']} | {r['noisy']:.2f} | {r['nlm']:.2f} | {r['general-2d']:.2f} |" for r in rows)
     losses = [r["image"] for r in rows if r["general-2d"] < r["nlm"]]
@@ -119,7 +124,7 @@ def card(output: Path, rows: list[dict], steps: int) -> None:
   when no `--model` is given; fine-tune it with `--init general-2d`.
 * **Network**: U-Net, depth {info['config']['depth']}, {info['config']['features']} features{
     ", residual (it predicts a correction added to the input)" if info['config']['residual'] else ""}, trained
-  supervised (`care`, MSE), {steps} steps of {info['config']['batch_size']} patches of
+  supervised (`care`, MSE){history}, {steps} steps of {info['config']['batch_size']} patches of
   {info['config']['patch_size']} x {info['config']['patch_size']} pixels.
 * **Data**: {len(TRAIN_IMAGES)} clean images bundled with scikit-image ({', '.join(TRAIN_IMAGES)}),
   greyscale, centre-cropped to 512 x 512 at most, each with Gaussian noise (sigma
@@ -145,14 +150,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--output", type=Path, default=MODELS / "general-2d")
+    parser.add_argument("--init", help="model (embedded name or directory) to continue training from")
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: the CLI's)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        train(args.output, args.steps, Path(work))
+        train(args.output, args.steps, Path(work), args.init, args.learning_rate)
     for leftover in ("last",):  # the resume state is not shipped
         subprocess.run(["rm", "-rf", str(args.output / leftover)], check=True)
     rows = evaluate(args.output)
     (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
-    card(args.output, rows, args.steps)
+    card(args.output, rows, args.steps, args.init)
 
 
 if __name__ == "__main__":
