@@ -3,7 +3,11 @@
     python scripts/train_embedded.py            # about 30 minutes on 2 CPU cores
     python scripts/train_embedded.py --steps 200 --output /tmp/try   # a quick try
     python scripts/train_embedded.py --init general-2d --learning-rate 5e-4 --output /tmp/longer
-                                                # continue training a shipped model
+                                                # continue training a model (name or folder)
+
+The shipped ``general-2d`` is two runs: ``--output /tmp/base`` (3000 steps
+at the CLI's peak learning rate, about 30 minutes), then ``--init /tmp/base
+--learning-rate 5e-4`` (3000 more, about 60 minutes on a busy machine).
 
 Data: clean greyscale images bundled with scikit-image (natural photos,
 textures, text, an astronomy field, a retina fundus, histology), each with
@@ -104,9 +108,30 @@ def evaluate(output: Path) -> list[dict]:
     return rows
 
 
-def card(output: Path, rows: list[dict], steps: int, init=None) -> None:
+def stage(saved: dict) -> str:
+    """One training run of a model, from its model.json: steps and peak learning rate."""
+    return f"{saved['info']['steps']} steps at peak learning rate {saved['config']['learning_rate']:g}"
+
+
+def training_record(model: str | Path) -> str:
+    """How a model (embedded name or folder) was trained, all runs included."""
+    from napari_flax_denoise.embedded import embedded_path
+
+    folder = embedded_path(str(model)) or Path(model)
+    saved = json.loads((folder / "model.json").read_text())
+    return saved["info"].get("training_record") or stage(saved)
+
+
+def card(output: Path, rows: list[dict], start: str | None = None) -> None:
+    """Write the model card; ``start`` is the starting model's ``training_record``."""
     info = json.loads((output / "model.json").read_text())
-    history = f" (continuing `{init}`)" if init else ""
+    history = stage(info)
+    made_by = ", run twice: the second run continues the first (`--init`), as the script's docstring shows" \
+        if start else ""
+    if start:
+        history = f"{start}, then {history}"
+        info["info"]["training_record"] = history  # so that a further continuation tells the whole story
+        (output / "model.json").write_text(json.dumps(info, indent=2))
     gain = np.mean([r["general-2d"] - r["nlm"] for r in rows])
     table = "\n".join(f"| {r['image']} | {r['noisy']:.2f} | {r['nlm']:.2f} | {r['general-2d']:.2f} |" for r in rows)
     losses = [r["image"] for r in rows if r["general-2d"] < r["nlm"]]
@@ -124,13 +149,13 @@ def card(output: Path, rows: list[dict], steps: int, init=None) -> None:
   when no `--model` is given; fine-tune it with `--init general-2d`.
 * **Network**: U-Net, depth {info['config']['depth']}, {info['config']['features']} features{
     ", residual (it predicts a correction added to the input)" if info['config']['residual'] else ""}, trained
-  supervised (`care`, MSE){history}, {steps} steps of {info['config']['batch_size']} patches of
-  {info['config']['patch_size']} x {info['config']['patch_size']} pixels.
+  supervised (`care`, MSE) with batches of {info['config']['batch_size']} patches of
+  {info['config']['patch_size']} x {info['config']['patch_size']} pixels: {history}.
 * **Data**: {len(TRAIN_IMAGES)} clean images bundled with scikit-image ({', '.join(TRAIN_IMAGES)}),
   greyscale, centre-cropped to 512 x 512 at most, each with Gaussian noise (sigma
   {', '.join(map(str, GAUSSIAN))} on 0-255) and Poisson-Gaussian noise ({', '.join(f'{p} photons' for p, _ in POISSON)}
   at the brightest pixel, read noise 1-3 counts). Seeds fixed.
-* **Made by** `python scripts/train_embedded.py` (which calls `flax-denoise train`).
+* **Made by** `python scripts/train_embedded.py` (which calls `flax-denoise train`){made_by}.
 * **Licence**: the weights are released with this package under BSD-3-Clause;
   the training images are scikit-image's (BSD-3-Clause / public domain / CC0).
 
@@ -153,13 +178,14 @@ def main(argv=None):
     parser.add_argument("--init", help="model (embedded name or directory) to continue training from")
     parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: the CLI's)")
     args = parser.parse_args(argv)
+    start = training_record(args.init) if args.init else None  # read before an output may replace it
     with tempfile.TemporaryDirectory() as work:
         train(args.output, args.steps, Path(work), args.init, args.learning_rate)
     for leftover in ("last",):  # the resume state is not shipped
         subprocess.run(["rm", "-rf", str(args.output / leftover)], check=True)
     rows = evaluate(args.output)
     (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
-    card(args.output, rows, args.steps, args.init)
+    card(args.output, rows, start)
 
 
 if __name__ == "__main__":
