@@ -86,13 +86,18 @@ def test_image_in_the_corner_of_a_larger_tile_gives_its_own_result(algorithm, di
     np.testing.assert_allclose(small[region], large[region], atol=1e-5)
 
 
-def test_3d_convolution_on_cpu_matches_the_native_one():
-    from napari_flax_denoise.model import _conv3d_cpu, _conv3d_native
+@pytest.mark.parametrize("x_shape, kernel_shape", [((3, 9, 7, 5), (3, 3, 5, 4)), ((2, 5, 8, 7, 3), (3, 3, 3, 3, 4)),
+                                                  ((2, 6, 5, 1), (3, 3, 1, 2))])
+def test_cpu_convolution_and_its_gradients_match_xla(x_shape, kernel_shape):
+    """The CPU route (slabs for 3D, flipped-kernel input gradient, per-tap kernel gradient) is exact."""
+    from napari_flax_denoise.convolution import _conv_cpu, conv_native
 
     rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.normal(size=(2, 5, 8, 7, 3)), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 3, 4)), jnp.float32)
-    np.testing.assert_allclose(_conv3d_cpu(x, kernel), _conv3d_native(x, kernel), atol=1e-4)
-    grads = [jax.grad(lambda x, k: (f(x, k) ** 2).sum(), (0, 1))(x, kernel) for f in (_conv3d_cpu, _conv3d_native)]
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=kernel_shape), jnp.float32)
+    np.testing.assert_allclose(_conv_cpu(x, kernel), conv_native(x, kernel), rtol=1e-5, atol=1e-4)
+    weights = jnp.asarray(rng.normal(size=(*x_shape[:-1], kernel_shape[-1])), jnp.float32)  # a non-trivial cotangent
+    grads = [jax.jit(jax.grad(lambda x, k: (f(x, k) * weights).sum(), (0, 1)))(x, kernel)
+             for f in (_conv_cpu, conv_native)]
     for ours, native in zip(*grads):
-        np.testing.assert_allclose(ours, native, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(ours, native, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,105 @@
+"""'SAME' convolutions for the U-Net, with a faster route for XLA's CPU backend.
+
+On accelerators :func:`conv_same` is XLA's own convolution. On a CPU two of
+XLA's convolution kernels are slow: 3D convolutions (about half the speed of
+2D ones) and, above all, the kernel gradient, which ran at 16-20 GFLOP/s on
+the top level of the default U-Net against 60-80 for the forward
+convolution of the same layer, and took about half of a training step.
+There :func:`conv_same` is a ``custom_vjp``:
+
+* the forward pass of a 3D convolution is a sum of 2D convolutions of
+  Z-shifted slabs;
+* in 2D, the kernel gradient is three large matrix products over a padded,
+  flattened layout (see :func:`_kernel_gradient`): a 2D training step of
+  16 patches of 64x64 ran 1.36x faster with it;
+* everything else is XLA's own gradient.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'SAME' convolution of a channels-last batch ``x`` with an odd-sized ``kernel`` (spatial..., in, out)."""
+    if jax.default_backend() == "cpu":
+        return _conv_cpu(x, kernel)
+    return conv_native(x, kernel)
+
+
+def conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """XLA's own 'SAME' convolution (2D or 3D, channels last)."""
+    dims = kernel.ndim - 2
+    spatial = "DHW"[3 - dims:]
+    spec = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    return jax.lax.conv_general_dilated(x, kernel, (1,) * dims, "SAME", dimension_numbers=spec)
+
+
+def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """2D: XLA's convolution; 3D: the sum of 2D convolutions of Z-shifted slabs."""
+    if kernel.ndim == 4:
+        return conv_native(x, kernel)
+    n, z, *plane, channels = x.shape
+    reach = kernel.shape[0] // 2
+    shifted = jnp.pad(x, ((0, 0), (reach, reach), (0, 0), (0, 0), (0, 0)))
+    out = None
+    for dz in range(kernel.shape[0]):
+        slab = jax.lax.slice_in_dim(shifted, dz, dz + z, axis=1).reshape(n * z, *plane, channels)
+        term = conv_native(slab, kernel[dz])
+        out = term if out is None else out + term
+    return out.reshape(n, z, *plane, kernel.shape[-1])
+
+
+@jax.custom_vjp
+def _conv_cpu(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _forward(x, kernel)
+
+
+def _conv_cpu_forward(x, kernel):
+    return _forward(x, kernel), (x, kernel)
+
+
+def _conv_cpu_backward(saved, grad):
+    x, kernel = saved
+    if kernel.ndim == 5:  # 3D: XLA's own gradient; the per-tap one would hold several copies of each volume
+        return jax.vjp(conv_native, x, kernel)[1](grad)
+    return jax.vjp(lambda x: conv_native(x, kernel), x)[1](grad)[0], _kernel_gradient(x, grad, kernel.shape)
+
+
+_conv_cpu.defvjp(_conv_cpu_forward, _conv_cpu_backward)
+
+
+def _kernel_gradient(x: jax.Array, grad: jax.Array, kernel_shape) -> jax.Array:
+    """Gradient of a 'SAME' convolution's kernel as a few large matrix products.
+
+    ``x`` is padded by the kernel's reach on every spatial side and ``grad``
+    at the far end by the kernel's extent minus one, so both share one padded
+    shape. Flattened (samples and pixels in one axis), the pixel ``x`` meets at
+    a kernel tap lies a fixed offset from the ``grad`` pixel it serves, the
+    tap's position in padded strides, for every pixel at once. So each tap's
+    gradient is ``x_flat[offset:offset + L].T @ grad_flat``: no gather and
+    no per-tap copy of ``x``. The taps along the last axis (offsets 0, 1, 2)
+    are folded into the matrix product's output columns by stacking ``grad``
+    shifted by 0, 1, 2 rows: 3 products with 3x wider outputs instead of 9
+    (a 2D training step ran at 1.47 steps/s this way against 1.16 with 9).
+    ``grad``'s padding is zero and adds nothing. Written for any rank, used in 2D.
+    """
+    *taps, ci, co = kernel_shape
+    xp = jnp.pad(x, ((0, 0), *[(t // 2, t // 2) for t in taps], (0, 0)))
+    gp = jnp.pad(grad, ((0, 0), *[(0, t - 1) for t in taps], (0, 0)))
+    padded = xp.shape[1:-1]
+    strides = [int(np.prod(padded[d + 1:])) for d in range(len(taps))]
+    last = taps[-1]
+    length = int(np.prod(xp.shape[:-1])) + last - 1
+    flat_grad = gp.reshape(-1, co)
+    # folded[q, j * co + o] = grad_flat[q - j, o]: x_flat[q + offset] meets tap (..., j) there
+    folded = jnp.concatenate([jnp.pad(flat_grad, ((j, last - 1 - j), (0, 0))) for j in range(last)], axis=1)
+    offsets = [sum(t * s for t, s in zip(tap, strides)) for tap in itertools.product(*map(range, taps[:-1]))]
+    flat_x = jnp.pad(xp.reshape(-1, ci), ((0, max(offsets) + last - 1), (0, 0)))
+    contract = (((0,), (0,)), ((), ()))
+    rows = [jax.lax.dot_general(jax.lax.slice_in_dim(flat_x, o, o + length), folded, contract) for o in offsets]
+    return jnp.stack(rows).reshape(*taps[:-1], ci, last, co).swapaxes(-2, -3)
