@@ -129,3 +129,15 @@ def test_nan_in_a_lazy_stack_is_refused_when_a_patch_meets_it(noisy, tiny_config
     stack[:, 40:90, 40:90] = np.nan  # patches of 32 cannot avoid it
     with pytest.raises(UserInputError, match="NaN"):
         train(da.from_array(stack, chunks=(1, 64, 64)), axes="TYX", config=tiny_config)
+
+
+def test_3d_training_defaults_to_smaller_patches_unless_given():
+    """2D-sized defaults (16 patches of 64) would make every 3D step about 12 GB."""
+    from napari_flax_denoise.config import DEFAULTS_3D
+    from napari_flax_denoise.training import _prepare_config
+
+    config = _prepare_config(None, "ZYX", None, 1, 1, {})
+    assert (config.patch_size, config.batch_size) == (DEFAULTS_3D["patch_size"], DEFAULTS_3D["batch_size"])
+    assert _prepare_config(None, "ZYX", None, 1, 1, {"patch_size": 64}).patch_size == 64  # asked for: kept
+    assert _prepare_config(Config(batch_size=2), "ZYX", None, 1, 1, {}).batch_size == 2
+    assert _prepare_config(None, "YX", None, 1, 1, {}).patch_size == Config.patch_size

@@ -21,7 +21,7 @@ from flax import nnx
 
 from .axes import check_image, spatial_dims
 from .checkpoint import TrainedModel, build_network, save_model
-from .config import FINE_TUNE_LEARNING_RATE, Config
+from .config import DEFAULTS_3D, FINE_TUNE_LEARNING_RATE, Config
 from .data import TrainingData
 from .devices import Placement
 from .errors import UserInputError
@@ -99,6 +99,9 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
     config = Config() if config is None else config
     config = config.replace(**overrides)
     arch = dict(dims=spatial_dims(axes), in_channels=channels_in, out_channels=channels_out)
+    if arch["dims"] == 3:  # 2D-sized defaults would make each 3D step enormous
+        config = config.replace(**{key: value for key, value in DEFAULTS_3D.items()
+                                   if key not in overrides and getattr(config, key) == getattr(Config, key)})
     if init_model is not None:
         if "learning_rate" not in overrides and config.learning_rate == Config.learning_rate:
             config = config.replace(learning_rate=FINE_TUNE_LEARNING_RATE)
