@@ -82,7 +82,7 @@ def _kernel_gradient(x: jax.Array, grad: jax.Array, kernel_shape) -> jax.Array:
     a kernel tap lies a fixed offset from the ``grad`` pixel it serves, the
     tap's position in padded strides, for every pixel at once. So each tap's
     gradient is ``x_flat[offset:offset + L].T @ grad_flat``: no gather and
-    no per-tap copy of ``x``. The taps along the last axis (offsets 0, 1, 2)
+    no im2col matrix nine times the size of ``x``. The taps along the last axis (offsets 0, 1, 2)
     are folded into the matrix product's output columns by stacking ``grad``
     shifted by 0, 1, 2 rows: 3 products with 3x wider outputs instead of 9
     (a 2D training step ran at 1.47 steps/s this way against 1.16 with 9).
