@@ -13,7 +13,7 @@ if not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb is installed 
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from napari_flax_denoise import denoise, save_model  # noqa: E402
+from napari_flax_denoise import Config, denoise, save_model  # noqa: E402
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
 from napari_flax_denoise.plugin.registry import MODELS  # noqa: E402
 
@@ -173,6 +173,19 @@ def test_training_plots_previews_saves_and_feeds_the_denoise_widget(viewer, qtbo
     _run(qtbot, denoiser, denoiser.run_button)
     assert viewer.layers["nuclei (noisy) denoised"].metadata["napari_flax_denoise"]["model"] == "nuclei model"
     assert _digest(layer.data) == before
+
+
+def test_a_3d_layer_gets_3d_patch_defaults_unless_changed_by_hand(viewer):
+    [volume] = viewer.open_sample(PLUGIN, "fmri_3d")
+    [plane] = viewer.open_sample(PLUGIN, "nuclei_2d")
+    _, trainer = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / Fine-tune")
+    trainer.images.value = [volume]
+    assert (trainer.patch_size.value, trainer.batch_size.value) == (32, 8)
+    trainer.images.value = [plane]
+    assert (trainer.patch_size.value, trainer.batch_size.value) == (Config.patch_size, Config.batch_size)
+    trainer.patch_size.value = 128
+    trainer.images.value = [volume]
+    assert trainer.patch_size.value == 128  # chosen by hand: kept
 
 
 def test_fine_tuning_starts_from_a_loaded_model_folder(viewer, qtbot, tiny_model, noisy, tmp_path):

@@ -11,7 +11,8 @@ from magicgui.widgets import SpinBox, create_widget
 from napari.utils.notifications import show_info
 
 from ..checkpoint import save_model
-from ..config import ALGORITHMS, FINE_TUNE_LEARNING_RATE, Config
+from ..axes import spatial_dims
+from ..config import ALGORITHMS, DEFAULTS_3D, FINE_TUNE_LEARNING_RATE, Config
 from ..errors import UserInputError
 from . import running
 from .jobs import train_with_preview
@@ -75,10 +76,23 @@ class TrainWidget(Container):
         self.model_folder.changed.connect(lambda folder: running.load_model_folder(folder, self.start_from))
         running.follow(MODELS.changed, self, self.start_from.reset_choices)
         self.start_from.changed.connect(self._suggest_learning_rate)
+        self.images.changed.connect(self._suggest_patches)
 
     def _suggest_learning_rate(self, start_from):
         """A trained model is fine-tuned gently, a new one trained at the default rate."""
         self.learning_rate.value = Config().learning_rate if start_from == NEW_MODEL else FINE_TUNE_LEARNING_RATE
+
+    def _suggest_patches(self, layers):
+        """A layer with a Z axis gets the 3D patch and batch defaults, others the 2D ones,
+        unless the fields were changed by hand."""
+        try:
+            dims = spatial_dims(infer_axes(layers[0])) if layers else 2
+        except UserInputError:
+            return
+        two = (Config.patch_size, Config.batch_size)
+        three = (DEFAULTS_3D["patch_size"], DEFAULTS_3D["batch_size"])
+        if (self.patch_size.value, self.batch_size.value) in (two, three):
+            self.patch_size.value, self.batch_size.value = three if dims == 3 else two
 
     def start(self):
         """Start training (a notification explains anything that prevents it)."""
