@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from skimage import data
 
-from napari_flax_denoise import denoise, psnr, train
+from napari_flax_denoise import denoise, load_model, psnr, train
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE
 from napari_flax_denoise.embedded import embedded_models, embedded_path, load_embedded
 from napari_flax_denoise.samples import sample_path
@@ -32,6 +32,16 @@ def test_embedded_models_are_small_documented_and_self_describing():
         assert "Measured" in card and "Licence" in card and "scripts/train_embedded.py" in card
         assert not (directory / "last").exists()  # no resume state shipped
     assert sum(sizes) < 10e6
+
+
+def test_load_model_takes_an_embedded_name_and_a_folder_of_that_name_wins(tmp_path, monkeypatch):
+    model = load_model("general-2d")
+    assert model.info["path"] == str(embedded_path("general-2d"))
+    assert model.config == load_embedded("general-2d").config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "general-2d").mkdir()  # a user's own folder of that name is never shadowed
+    with pytest.raises(Exception, match="not a model directory"):
+        load_model("general-2d")
 
 
 def test_default_model_beats_the_noisy_input_on_unseen_images():

@@ -152,13 +152,19 @@ def load_model(path: str | Path) -> TrainedModel:
     Parameters
     ----------
     path : str or Path
-        A directory written by :func:`save_model` / ``flax-denoise train``.
+        A directory written by :func:`save_model` / ``flax-denoise train``,
+        or the name of an embedded model (``flax-denoise models``) when no
+        such directory exists.
 
     Returns
     -------
     TrainedModel
     """
     directory = Path(path)
+    if not directory.exists():
+        from .embedded import embedded_path
+
+        directory = embedded_path(str(path)) or directory
     meta = read_model_json(directory)
     try:
         config = Config.from_dict(meta["config"])
