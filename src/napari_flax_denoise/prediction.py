@@ -24,6 +24,7 @@ from flax import nnx
 
 from .axes import check_image, is_lazy, validate_axes
 from .checkpoint import TrainedModel, load_model
+from .cpu_runtime import kept_memory, run_cpu_steps_inline
 from .devices import Placement, default_batch_size
 from .embedded import embedded_models, embedded_path, load_embedded
 from .errors import UserInputError
@@ -38,6 +39,8 @@ from .normalization import Normalization
 _TILE_CAP = {2: (512, 512), 3: (96, 160, 160)}
 _TILE_CAP_CPU = {2: (1024, 1024), 3: (96, 160, 160)}
 _TILE_STEP = {2: 64, 3: 16}
+
+run_cpu_steps_inline()  # before JAX makes its CPU backend; see cpu_runtime
 
 
 @dataclass(frozen=True)
@@ -198,9 +201,10 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     """
     model = resolve_model(model)
     options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std)
-    if is_lazy(image):
-        return (yield from _denoise_lazy(image, model, axes, options, out))
-    result = yield from _denoise_array(image, model, axes, **options)
+    with kept_memory():  # reuse each tile's pages (see cpu_runtime)
+        if is_lazy(image):
+            return (yield from _denoise_lazy(image, model, axes, options, out))
+        result = yield from _denoise_array(image, model, axes, **options)
     if out is None:
         return result
     out[...] = result[0] if return_std else result

@@ -22,6 +22,7 @@ from flax import nnx
 from .axes import check_image, spatial_dims
 from .checkpoint import TrainedModel, build_network, save_model
 from .config import DEFAULTS_3D, FINE_TUNE_LEARNING_RATE, Config
+from .cpu_runtime import kept_memory
 from .data import TrainingData
 from .devices import Placement
 from .errors import UserInputError
@@ -184,44 +185,45 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
             save_model(model, output)
         return TrainResult(model, history, reason, Path(output) if output is not None else None)
 
-    patience, started, timed, timed_steps = 0, time.perf_counter(), None, 0
-    inputs, target_batch = data.train.sample(config.batch_size)
-    while step < total:
-        epoch = step // config.steps_per_epoch + 1
-        params, opt_state, loss = train_step(params, opt_state, placement.split(inputs),
-                                             placement.split(_or(target_batch, inputs)), jax.random.fold_in(key, step))
-        step += 1
-        rng_state = data.train.rng.bit_generator.state  # what a resumed run must draw from next
-        inputs, target_batch = data.train.sample(config.batch_size)  # overlaps the device step
-        loss = float(loss)
-        if not np.isfinite(loss):
-            raise UserInputError("Training diverged (the loss became NaN or infinite); lower the learning rate.")
-        if timed is None:  # the first step includes compilation: time from the second on
-            timed = time.perf_counter()
-        else:
-            timed_steps += 1
-        per_step = (time.perf_counter() - timed) / max(timed_steps, 1)
-        end = step % config.steps_per_epoch == 0
-        val_loss = None
-        if end:
-            val_loss = data.validation_loss(eval_step, params, key) if data.val else loss
-            history.append({"epoch": epoch, "train_loss": loss, "val_loss": val_loss,
-                            "seconds": time.perf_counter() - started})
-            # Patience restarts only on a real improvement (0.1%), not on drift.
-            patience = 0 if val_loss < best[0] * (1 - MIN_IMPROVEMENT) else patience + 1
-            if val_loss < best[0]:
-                best = (val_loss, jax.tree.map(np.array, params))
-                if output is not None:  # the best model is loadable even if the run dies later
-                    save_model(model_with(best[1], stopped="running", history=history), output)
-            if output is not None:
-                save_last(output, config, params, opt_state, step, history, best[0], rng_state)
-        yield TrainProgress(step, total, epoch, config.epochs, loss, val_loss, float(rate(step - 1)),
-                            per_step * (total - step), end, partial(model_with, params, steps=step))
-        if stop is not None and stop():
-            return result("stop_requested")
-        if end and patience >= config.patience:
-            return result("early_stopping")
-    return result("completed")
+    with kept_memory():  # reuse each step's pages (see cpu_runtime)
+        patience, started, timed, timed_steps = 0, time.perf_counter(), None, 0
+        inputs, target_batch = data.train.sample(config.batch_size)
+        while step < total:
+            epoch = step // config.steps_per_epoch + 1
+            params, opt_state, loss = train_step(params, opt_state, placement.split(inputs),
+                                                 placement.split(_or(target_batch, inputs)), jax.random.fold_in(key, step))
+            step += 1
+            rng_state = data.train.rng.bit_generator.state  # what a resumed run must draw from next
+            inputs, target_batch = data.train.sample(config.batch_size)  # overlaps the device step
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise UserInputError("Training diverged (the loss became NaN or infinite); lower the learning rate.")
+            if timed is None:  # the first step includes compilation: time from the second on
+                timed = time.perf_counter()
+            else:
+                timed_steps += 1
+            per_step = (time.perf_counter() - timed) / max(timed_steps, 1)
+            end = step % config.steps_per_epoch == 0
+            val_loss = None
+            if end:
+                val_loss = data.validation_loss(eval_step, params, key) if data.val else loss
+                history.append({"epoch": epoch, "train_loss": loss, "val_loss": val_loss,
+                                "seconds": time.perf_counter() - started})
+                # Patience restarts only on a real improvement (0.1%), not on drift.
+                patience = 0 if val_loss < best[0] * (1 - MIN_IMPROVEMENT) else patience + 1
+                if val_loss < best[0]:
+                    best = (val_loss, jax.tree.map(np.array, params))
+                    if output is not None:  # the best model is loadable even if the run dies later
+                        save_model(model_with(best[1], stopped="running", history=history), output)
+                if output is not None:
+                    save_last(output, config, params, opt_state, step, history, best[0], rng_state)
+            yield TrainProgress(step, total, epoch, config.epochs, loss, val_loss, float(rate(step - 1)),
+                                per_step * (total - step), end, partial(model_with, params, steps=step))
+            if stop is not None and stop():
+                return result("stop_requested")
+            if end and patience >= config.patience:
+                return result("early_stopping")
+        return result("completed")
 
 
 def _or(value, fallback):

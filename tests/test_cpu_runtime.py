@@ -1,0 +1,51 @@
+import ctypes
+import platform
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from napari_flax_denoise.cpu_runtime import kept_memory
+
+glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="kept_memory tunes glibc's malloc only")
+
+
+def _faults_of_fresh_buffer(megabytes=64):
+    """Minor page faults taken to allocate and fill a buffer of the size a step just freed.
+
+    Through ``malloc`` itself: numpy asks for huge pages, which hides the faults.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    size = megabytes * 2**20
+
+    def fill_and_free():
+        buffer = libc.malloc(ctypes.c_size_t(size))
+        ctypes.memset(buffer, 1, size)
+        libc.free(ctypes.c_void_p(buffer))
+
+    fill_and_free()  # a step's buffer: allocated, filled, freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fill_and_free()  # the next step's
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@glibc_only
+def test_freed_memory_is_reused_inside_and_returned_after():
+    default = _faults_of_fresh_buffer()  # glibc's default: mmap, and unmap on free
+    with kept_memory():
+        with kept_memory():  # nested: the inner exit keeps the outer's settings
+            pass
+        kept = _faults_of_fresh_buffer()
+    after = _faults_of_fresh_buffer()
+    assert kept * 10 < default, (kept, default)
+    assert kept * 10 < after, (kept, after)  # the defaults are back
+
+
+def test_importing_prediction_runs_cpu_steps_inline():
+    code = ("import jax, napari_flax_denoise.prediction; "
+            "print(jax.config.values['jax_cpu_enable_async_dispatch'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
