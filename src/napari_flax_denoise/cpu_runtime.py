@@ -11,7 +11,7 @@ page faults and over 100 ms of system time. Two things together stop it
   a computation runs on the thread that calls it, so its buffers come from
   that thread's ``malloc`` arena (for the main thread, the one heap glibc can
   grow without ``mmap``), not from a worker thread's;
-* :func:`kept_memory`: while training, glibc serves large blocks from that
+* :func:`kept_memory`: while training or denoising, glibc serves large blocks from that
   heap and does not trim it, so the second step reuses the first step's
   pages. On leaving, glibc's defaults return and the idle memory is handed
   back (``malloc_trim``).

@@ -194,7 +194,7 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
                                                  placement.split(_or(target_batch, inputs)), jax.random.fold_in(key, step))
             step += 1
             rng_state = data.train.rng.bit_generator.state  # what a resumed run must draw from next
-            inputs, target_batch = data.train.sample(config.batch_size)  # overlaps the device step
+            inputs, target_batch = data.train.sample(config.batch_size)  # overlaps the step on an accelerator
             loss = float(loss)
             if not np.isfinite(loss):
                 raise UserInputError("Training diverged (the loss became NaN or infinite); lower the learning rate.")
