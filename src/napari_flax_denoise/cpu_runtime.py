@@ -32,10 +32,6 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
 _KEEP = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_MMAP_MAX: 0}
 
-_lock = threading.Lock()
-_users = 0
-
-
 def run_cpu_steps_inline() -> None:
     """Turn off JAX's asynchronous dispatch on CPU (``jax_cpu_enable_async_dispatch``).
 
@@ -60,7 +56,38 @@ def _libc():
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+class _Settings:
+    """glibc's malloc settings, counted over the jobs that want memory kept.
+
+    It holds everything it uses, so that a job abandoned until interpreter
+    shutdown (when module globals are already gone) still restores them.
+    """
+
+    def __init__(self, libc):
+        self.libc, self.lock, self.users = libc, threading.Lock(), 0
+        self.int, self.size = ctypes.c_int, ctypes.c_size_t
+        self.keep, self.defaults = _KEEP, _DEFAULTS
+
+    def _set(self, settings):
+        for parameter, value in settings.items():
+            self.libc.mallopt(self.int(parameter), self.int(value))
+
+    def acquire(self):
+        with self.lock:
+            self.users += 1
+            if self.users == 1:
+                self._set(self.keep)
+
+    def release(self):
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self._set(self.defaults)
+                self.libc.malloc_trim(self.size(0))
+
+
 _LIBC = _libc()
+_SETTINGS = None if _LIBC is None else _Settings(_LIBC)
 
 
 @contextmanager
@@ -75,24 +102,12 @@ def kept_memory():
     >>> with kept_memory():
     ...     pass  # run the training steps here
     """
-    global _users
-    if _LIBC is None:
+    settings = _SETTINGS
+    if settings is None:
         yield
         return
-    with _lock:
-        _users += 1
-        if _users == 1:
-            _set(_KEEP)
+    settings.acquire()
     try:
         yield
     finally:
-        with _lock:
-            _users -= 1
-            if _users == 0:
-                _set(_DEFAULTS)
-                _LIBC.malloc_trim(ctypes.c_size_t(0))
-
-
-def _set(settings: dict[int, int]) -> None:
-    for parameter, value in settings.items():
-        _LIBC.mallopt(ctypes.c_int(parameter), ctypes.c_int(value))
+        settings.release()
