@@ -154,9 +154,11 @@ def _default_model(axes: str, ndim: int) -> tuple[str, str]:
 
 
 def _denoise(args):
+    from .cpu_runtime import share_one_arena
     from .files import write_image
     from .prediction import denoise_iter
 
+    share_one_arena()  # before JAX's threads first allocate: this process only denoises
     image, file_axes, spacing = _open(args.input)
     axes = args.axes or file_axes
     if axes is None:
