@@ -270,6 +270,11 @@ def markdown(results):
                      f"its default tiled prediction ({sp['tile']}-pixel tiles, {sp['overlap']}-pixel overlap) of the same "
                      f"U-Net on 2048x2048 ran at {sp['predict_mpix_per_s_2048']:.3f} MPix/s; ours "
                      f"{sp['ours_mpix_per_s']:.3f} MPix/s ({sp['ratio']:.1f}x).")
+        if "train_ratio" in sp:
+            lines.append("")
+            lines.append(f"Its N2V2 training on one 256x256 image ran {sp['train_steps_per_s']:.2f} steps/s (a batch of "
+                         f"15 patches of 64x64 a step, over {sp['train_steps']} steps); our n2v2 "
+                         f"{sp['ours_train_steps_per_s']:.2f} steps/s with batches of 16 ({sp['train_ratio']:.2f}x).")
     if results.get("quality"):
         rows = results["quality"]
         columns = [("noisy", "noisy"), ("nlm", "NLM"), ("jinv", "J-inv NLM"), ("bm3d", "BM3D"),
@@ -360,6 +365,10 @@ def add_peer_ratio(results):
     speed = results["peers"]["speed"]
     speed["ours_mpix_per_s"] = ours["mpix_per_s"]
     speed["ratio"] = ours["mpix_per_s"] / speed["predict_mpix_per_s_2048"]
+    if "train_steps_per_s" in speed:
+        n2v2 = next(r for r in results["speed"]["training"] if r["algorithm"] == "n2v2")
+        speed["ours_train_steps_per_s"] = n2v2["steps_per_s"]
+        speed["train_ratio"] = n2v2["steps_per_s"] / speed["train_steps_per_s"]
 
 
 def add_quality(results, args):
