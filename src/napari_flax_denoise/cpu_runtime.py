@@ -11,12 +11,13 @@ page faults and over 100 ms of system time. Two things together stop it
   a computation runs on the thread that calls it, so its buffers come from
   that thread's ``malloc`` arena (for the main thread, the one heap glibc can
   grow without ``mmap``), not from a worker thread's;
-* :func:`kept_memory`: while training or denoising, glibc serves large blocks from that
-  heap and does not trim it, so the second step reuses the first step's
-  pages. On leaving, glibc's defaults return and the idle memory is handed
-  back (``malloc_trim``).
+* :func:`kept_memory`: while training or denoising, glibc serves large
+  blocks from that heap and does not trim it, so the second step reuses the
+  first step's pages. On leaving, glibc's defaults return and the idle
+  memory is handed back (``malloc_trim``).
 
-Outside glibc (macOS, Windows, musl) :func:`kept_memory` does nothing.
+A process that only denoises also calls :func:`share_one_arena`.
+Outside glibc (macOS, Windows, musl) these change nothing but JAX's setting.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from contextlib import contextmanager
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
 _KEEP = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_MMAP_MAX: 0}
+
 
 def run_cpu_steps_inline() -> None:
     """Turn off JAX's asynchronous dispatch on CPU (``jax_cpu_enable_async_dispatch``).
@@ -53,10 +55,10 @@ def share_one_arena() -> None:
     XLA's worker threads otherwise allocate in heaps of their own, which glibc
     unmaps whenever they empty, so pages are faulted in afresh for every tile
     (4 planes of 2048 x 2048 from the command line, start-up included:
-    18.8-20.1 s against 23.7-24.3 s without it). It
-    affects only threads that have not allocated yet, so it belongs before the
-    first JAX computation. Training is 10-20% slower with it (the threads
-    wait on one lock), so training leaves it alone.
+    18.8-20.1 s against 23.7-24.3 s without it). It affects only threads
+    that have not allocated yet, so it belongs before the first JAX
+    computation. Training is 10-20% slower with it (the threads wait on one
+    lock), so training leaves it alone.
     """
     if _LIBC is not None:
         _LIBC.mallopt(ctypes.c_int(_M_ARENA_MAX), ctypes.c_int(1))
