@@ -101,3 +101,20 @@ def test_cpu_convolution_and_its_gradients_match_xla(x_shape, kernel_shape):
              for f in (_conv_cpu, conv_native)]
     for ours, native in zip(*grads):
         np.testing.assert_allclose(ours, native, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (2, 9, 7, 3), (1, 4, 6, 8, 2)])
+def test_max_pool_and_its_gradient_match_reduce_window(shape):
+    """The block-maximum pooling equals XLA's reduce_window, trailing odd rows dropped, and so does its gradient."""
+    from napari_flax_denoise.model import max_pool
+
+    dims = len(shape) - 2
+    window = (1,) + (2,) * dims + (1,)
+
+    def reference(x, dims):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+
+    x = jnp.asarray(np.random.default_rng(3).normal(size=shape), jnp.float32)
+    np.testing.assert_array_equal(max_pool(x, dims), reference(x, dims))
+    grads = [jax.grad(lambda x: (pool(x, dims) ** 2).sum())(x) for pool in (max_pool, reference)]
+    np.testing.assert_allclose(*grads, rtol=1e-6)
