@@ -41,3 +41,29 @@ def test_masked_fraction_matches_request():
     batch = jnp.zeros((8, 64, 64, 1))
     _, index = blind_spot_mask(jax.random.key(0), batch, mask_fraction=0.01, median=True)
     assert index.shape[1] / 64**2 == pytest.approx(0.01, rel=0.2)
+
+
+def test_sorting_network_sorts_every_zero_one_input():
+    """By the 0-1 principle, a comparator network that sorts all 0/1 inputs sorts everything."""
+    import itertools
+
+    from napari_flax_denoise.masking import _merge_sort_pairs
+
+    for size in (2, 4, 8, 16):
+        pairs = _merge_sort_pairs(size)
+        for bits in itertools.product((0, 1), repeat=size):
+            slots = list(bits)
+            for i, j in pairs:
+                if slots[i] > slots[j]:
+                    slots[i], slots[j] = slots[j], slots[i]
+            assert slots == sorted(bits), (size, bits)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 24, 27, 124])
+def test_median_network_matches_numpy(count):
+    from napari_flax_denoise.masking import median_of
+
+    rng = np.random.default_rng(count)
+    for values in (rng.normal(size=(4, count, 2)), rng.integers(0, 3, size=(4, count, 2))):  # ties too
+        values = values.astype(np.float32)
+        np.testing.assert_allclose(jax.jit(lambda v: median_of(v, 1))(values), np.median(values, axis=1), rtol=1e-6)

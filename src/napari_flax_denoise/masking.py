@@ -73,7 +73,7 @@ def blind_spot_mask(key: jax.Array, batch: jax.Array, *, mask_fraction: float, m
     rows = jnp.arange(b)[:, None, None]
     values = flat[rows, near @ strides]  # (B, K, W, C)
     if median:
-        replacement = jnp.median(values, axis=2)
+        replacement = median_of(values, axis=2)
     else:
         pick = jax.random.randint(key_pick, values.shape[:2], 0, values.shape[2])
         replacement = jnp.take_along_axis(values, pick[:, :, None, None], axis=2)[:, :, 0]
@@ -85,3 +85,43 @@ def gather_pixels(batch: jax.Array, index: jax.Array) -> jax.Array:
     """Values of ``batch (B, *spatial, C)`` at flat spatial ``index (B, K)``: ``(B, K, C)``."""
     b, c = batch.shape[0], batch.shape[-1]
     return batch.reshape(b, -1, c)[jnp.arange(b)[:, None], index]
+
+
+def median_of(values: jax.Array, axis: int) -> jax.Array:
+    """Median along ``axis`` (the mean of the two middle values for an even count), as a sorting network.
+
+    XLA's CPU sort calls a comparator per comparison; for the N2V2 mask it
+    took about 4% of a training step. A network of elementwise minima and
+    maxima over the slices along ``axis`` (Batcher's odd-even merge sort,
+    padded to a power of two with slots known to sort first or last) runs as
+    a few fused loops, and XLA drops the comparators that do not feed the
+    middle values.
+    """
+    count = values.shape[axis]
+    size = 1 << max(count - 1, 0).bit_length()
+    low = (size - count) // 2  # slots that sort before every value; the rest of the padding sorts after
+    slots = ["low"] * low + list(jnp.moveaxis(values, axis, 0)) + ["high"] * (size - count - low)
+    for i, j in _merge_sort_pairs(size):
+        a, b = slots[i], slots[j]
+        if isinstance(a, str) or isinstance(b, str):
+            if a == "high" or b == "low":  # out of order: swap
+                slots[i], slots[j] = b, a
+        else:
+            slots[i], slots[j] = jnp.minimum(a, b), jnp.maximum(a, b)
+    middle = low + count // 2
+    return slots[middle] if count % 2 else 0.5 * (slots[middle - 1] + slots[middle])
+
+
+def _merge_sort_pairs(size: int) -> list[tuple[int, int]]:
+    """Comparator pairs ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort of ``size`` (a power of 2) slots."""
+    pairs, block = [], 1
+    while block < size:
+        gap = block
+        while gap >= 1:
+            for start in range(gap % block, size - gap, 2 * gap):
+                for i in range(start, min(start + gap, size - gap)):
+                    if i // (2 * block) == (i + gap) // (2 * block):
+                        pairs.append((i, i + gap))
+            gap //= 2
+        block *= 2
+    return pairs
