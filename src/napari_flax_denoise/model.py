@@ -37,6 +37,16 @@ def conv(x: jax.Array, layer: nnx.Conv, parts=None) -> jax.Array:
     return out + layer.bias[...]
 
 
+def pointwise(x: jax.Array, layer: nnx.Conv) -> jax.Array:
+    """Apply a 1x1(x1) convolution ``layer`` as a matrix product over channels.
+
+    XLA's CPU convolution ran the U-Net's head (32 channels to 1) 2.3x slower
+    than this product, forward and backward.
+    """
+    kernel = layer.kernel[...]
+    return jnp.dot(x, kernel.reshape(kernel.shape[-2:])) + layer.bias[...]
+
+
 class ConvBlock(nnx.Module):
     """Two 3x3(x3) convolutions, each followed by ReLU.
 
@@ -195,7 +205,7 @@ class UNet(nnx.Module):
             h = upsample(h, self.dims)
             parts = (h,) if level == 0 and self.blurpool else (h, skips[level])
             h = decoder(*parts, mask=masks[level])
-        out = self.head(h)
+        out = pointwise(h, self.head)
         if self.residual and out.shape[-1] == x.shape[-1]:
             out = out + x
         return out
