@@ -118,3 +118,21 @@ def test_max_pool_and_its_gradient_match_reduce_window(shape):
     np.testing.assert_array_equal(max_pool(x, dims), reference(x, dims))
     grads = [jax.grad(lambda x: (pool(x, dims) ** 2).sum())(x) for pool in (max_pool, reference)]
     np.testing.assert_allclose(*grads, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 4, 6, 8, 2), (1, 2, 2, 1)])
+def test_max_blur_pool_matches_its_definition(shape):
+    """2x2 max at stride 1 (-inf past the end), then [1 2 1]/4 at stride 2 (zeros past the end), in numpy."""
+    from napari_flax_denoise.model import max_blur_pool
+
+    dims = len(shape) - 2
+    x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    m = x
+    for axis in range(1, dims + 1):
+        after = np.concatenate([np.take(m, range(1, m.shape[axis]), axis), np.full_like(np.take(m, [0], axis), -np.inf)], axis)
+        m = np.maximum(m, after)
+    for axis in range(1, dims + 1):
+        padded = np.concatenate([m, np.zeros_like(np.take(m, [0], axis))], axis)
+        n = m.shape[axis] // 2
+        m = sum(w * np.take(padded, range(k, k + 2 * n, 2), axis) for k, w in enumerate((0.25, 0.5, 0.25)))
+    np.testing.assert_allclose(max_blur_pool(jnp.asarray(x), dims), m, rtol=1e-6, atol=1e-6)
