@@ -66,6 +66,7 @@ def test_tta_mean_and_uncertainty(tiny_model, noisy, clean):
     assert psnr(plain, clean, data_range=255) > psnr(noisy, clean, data_range=255) + 1  # n2v2 learned
     assert psnr(mean, clean, data_range=255) > psnr(plain, clean, data_range=255)  # averaging helps
     assert not np.allclose(mean, plain)
+    np.testing.assert_array_equal(denoise(noisy, tiny_model, axes="YX", tta=True), mean)  # same mean without the map
 
 
 def test_output_keeps_intensity_range(tiny_model, noisy):

@@ -88,7 +88,9 @@ class Normalization:
         """
         offset, scale = self._arrays(image.shape[-1])
         out = np.asarray(image, np.float32) * scale
-        return out + offset if shift else out
+        if shift:
+            out += offset
+        return out
 
     def _arrays(self, channels: int):
         if channels != len(self.offset):

@@ -279,23 +279,34 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         batch_size = default_batch_size()
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
-    transforms = _TTA if tta else [(0, False)]
-    total, sq = None, None
-    for i, (k, flip) in enumerate(transforms):
+    if not tta:
+        pred = yield from predict_tiled(model, x, tile_shape, halos, batch_size)
+        mean, std = output_norm.undo(pred), None
+    else:
+        mean, std = yield from _tta_mean_std(model, x, tile_shape, halos, batch_size, return_std)
+        mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
+    if fold:  # back from one-channel images to channels
+        mean, std = (None if a is None else np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1)
+                     for a in (mean, std))
+    result = layout.from_model(mean)[0]
+    return (result, layout.from_model(std)[0]) if return_std else result
+
+
+def _tta_mean_std(model, x, tile_shape, halos, batch_size, with_std):
+    """Mean (and standard deviation, if ``with_std``) of the 8 YX symmetries' predictions, in float64 sums."""
+    dims = x.ndim - 2
+    total = sq = None
+    for k, flip in _TTA:
         turned = np.ascontiguousarray(_apply(x, k, flip, dims))
         shape = tile_shape if k % 2 == 0 else (*tile_shape[:-2], tile_shape[-1], tile_shape[-2])
         pred = yield from predict_tiled(model, turned, shape, halos, batch_size)
-        pred = _apply(pred, k, flip, dims, inverse=True)
-        total = pred.astype(np.float64) if total is None else total + pred
-        sq = pred.astype(np.float64) ** 2 if sq is None else sq + pred**2
-    count = len(transforms)
-    mean = output_norm.undo((total / count).astype(np.float32))
-    std = np.sqrt(np.maximum(sq / count - (total / count) ** 2, 0)).astype(np.float32)
-    std = output_norm.undo(std, shift=False)
-    if fold:  # back from one-channel images to channels
-        mean, std = (np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1) for a in (mean, std))
-    result = layout.from_model(mean)[0]
-    return (result, layout.from_model(std)[0]) if return_std else result
+        pred = _apply(pred, k, flip, dims, inverse=True).astype(np.float64)
+        total = pred if total is None else total + pred
+        if with_std:
+            sq = pred**2 if sq is None else sq + pred**2
+    mean = total / len(_TTA)
+    std = np.sqrt(np.maximum(sq / len(_TTA) - mean**2, 0)).astype(np.float32) if with_std else None
+    return mean.astype(np.float32), std
 
 
 def run(generator):
