@@ -189,7 +189,7 @@ class UNet(nnx.Module):
         self.decoders = nnx.List(decoders)
         self.head = nnx.Conv(channels, config.out_channels, (1,) * d, rngs=rngs)
 
-    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None, *, masks=None) -> jax.Array:
         """Denoise a batch ``x`` of shape ``(N, [Z,] Y, X, C)``.
 
         ``valid`` (optional, integers ``(N, dims)``): only the first
@@ -198,14 +198,23 @@ class UNet(nnx.Module):
         the convolutions' zero padding does at a real image edge. So an image
         placed in the corner of a larger tile gives the same result as on its
         own, and one compiled tile shape serves every image size.
+
+        ``masks`` (optional, instead of ``valid``): one boolean mask per level
+        (broadcastable to that level's activations) of the pixels that are
+        image, for other layouts (see :mod:`.packing`); activations outside
+        are held at zero after every layer and every pooling.
         """
-        masks = [None] * (self.depth + 1) if valid is None else valid_masks(valid, x.shape[1:-1], self.depth)
+        if masks is None:
+            masks = [None] * (self.depth + 1) if valid is None else valid_masks(valid, x.shape[1:-1], self.depth)
+            pooled_masks = [None] * (self.depth + 1)  # pooling zeros beyond a valid corner by itself
+        else:
+            pooled_masks = masks
         pool = max_blur_pool if self.blurpool else max_pool
         skips, h = [], _masked(x, masks[0])
         for level, encoder in enumerate(self.encoders):
             h = encoder(h, mask=masks[level])
             skips.append(h)
-            h = pool(h, self.dims)
+            h = _masked(pool(h, self.dims), pooled_masks[level + 1])
         h = self.bottleneck(h, mask=masks[self.depth])
         for level, decoder in zip(reversed(range(self.depth)), self.decoders):
             h = upsample(h, self.dims)

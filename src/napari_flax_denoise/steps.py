@@ -16,6 +16,7 @@ from flax import nnx
 
 from .config import Config
 from .masking import blind_spot_mask, gather_pixels
+from .packing import packed_apply
 
 
 def loss_fn(network, inputs, targets, key, config: Config):
@@ -41,10 +42,17 @@ def loss_fn(network, inputs, targets, key, config: Config):
     if config.self_supervised:
         masked, index = blind_spot_mask(key, inputs, mask_fraction=config.mask_fraction,
                                         median=config.algorithm == "n2v2")
-        prediction = gather_pixels(network(masked), index)
+        prediction = gather_pixels(forward(network, masked), index)
         return jnp.mean((prediction - gather_pixels(inputs, index)) ** 2)
-    error = network(inputs) - targets
+    error = forward(network, inputs) - targets
     return jnp.mean(error**2) if config.loss == "mse" else jnp.mean(jnp.abs(error))
+
+
+def forward(network, batch: jax.Array) -> jax.Array:
+    """``network(batch)``; on a CPU with the patches packed side by side (see :mod:`.packing`)."""
+    if jax.default_backend() == "cpu":
+        return packed_apply(network, batch)
+    return network(batch)
 
 
 def schedule(config: Config) -> optax.Schedule:
