@@ -332,11 +332,11 @@ def main():
                       inference(Config(dims=3), (16, 64, 64) if quick else (32, 128, 128), "ZYX", peak, 1)]
     for r in inference_rows:
         print(json.dumps(r), flush=True)
-    training_rows = [training_speed(c, 5 if quick else 20) for c in (n2v2, Config(algorithm="care"))]
+    training_rows = [training_speed(c, 5 if quick else 40) for c in (n2v2, Config(algorithm="care"))]
     for r in training_rows:
         print(json.dumps(r), flush=True)
     speed = {"matmul_gflops": peak, "inference": inference_rows, "training": training_rows}
-    peer = torch_reference(5 if quick else 20)
+    peer = torch_reference(5 if quick else 40)
     if peer is not None:
         ours_tile = tile_speed(n2v)
         ours_care = next(r["steps_per_s"] for r in training_rows if r["algorithm"] == "care")
