@@ -169,7 +169,8 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
         best = (best_loss, state.best_weights(like))
         data.train.rng.bit_generator.state = state.rng_state
     train_step, eval_step = make_steps(graphdef, config, tx)
-    rate = schedule(config)
+    rate = jax.jit(schedule(config))  # called eagerly, optax's schedule took 5.7 ms a step
+    fold_in = jax.jit(jax.random.fold_in)  # and the key's fold-in 1.5 ms
     key = jax.random.key(config.seed)
     total = config.epochs * config.steps_per_epoch
     info = {"algorithm": config.algorithm, "axes": axes, "patch_shape": list(data.patch_shape),
@@ -191,7 +192,7 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
         while step < total:
             epoch = step // config.steps_per_epoch + 1
             params, opt_state, loss = train_step(params, opt_state, placement.split(inputs),
-                                                 placement.split(_or(target_batch, inputs)), jax.random.fold_in(key, step))
+                                                 placement.split(_or(target_batch, inputs)), fold_in(key, step))
             step += 1
             rng_state = data.train.rng.bit_generator.state  # what a resumed run must draw from next
             inputs, target_batch = data.train.sample(config.batch_size)  # overlaps the step on an accelerator
