@@ -27,6 +27,7 @@ from skimage import data as skdata  # noqa: E402
 
 from napari_flax_denoise import Config, classical_denoise, denoise, evaluate, train_iter  # noqa: E402
 from napari_flax_denoise.checkpoint import TrainedModel, build_network  # noqa: E402
+from napari_flax_denoise import convolution  # noqa: E402
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
 from napari_flax_denoise.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.prediction import default_tile_shape  # noqa: E402
@@ -57,9 +58,15 @@ def random_model(config):
 
 
 def flops_per_pixel(model, tile_shape):
+    """The network's own FLOPs per pixel, counted by XLA on its plain convolutions: the CPU
+    route's packed 3D layout computes a few padding planes that are not useful work."""
     graphdef, state = nnx.split(model.network)
     x = jnp.zeros((1, *tile_shape, model.config.in_channels))
-    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+    cpu_route, convolution._conv_cpu = convolution._conv_cpu, convolution.conv_native
+    try:
+        compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+    finally:
+        convolution._conv_cpu = cpu_route
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return cost["flops"] / np.prod(tile_shape)
@@ -258,8 +265,10 @@ def markdown(results):
     if speed.get("torch"):
         t = speed["torch"]
         lines.append("")
+        rounds = "" if results.get("quick") else " (best of 3 rounds alternating with ours)"
         lines.append(f"Same U-Net in PyTorch {t['torch']} ({t['threads']} threads), same run: training "
-                     f"{t['train_steps_per_s']:.2f} steps/s (ours, care: {t['train_ratio']:.2f}x), forward on a 512x512 "
+                     f"{t['train_steps_per_s']:.2f} steps/s{rounds} (ours, care: {t['train_ratio']:.2f}x), "
+                     f"forward on a 512x512 "
                      f"tile {t['forward_mpix_per_s_512']:.3f} MPix/s (ours {t['ours_forward_mpix_per_s_512']:.3f}, "
                      f"{t['forward_ratio']:.2f}x).")
     peers = results.get("peers")
@@ -332,11 +341,19 @@ def main():
                       inference(Config(dims=3), (16, 64, 64) if quick else (32, 128, 128), "ZYX", peak, 1)]
     for r in inference_rows:
         print(json.dumps(r), flush=True)
-    training_rows = [training_speed(c, 5 if quick else 40) for c in (n2v2, Config(algorithm="care"))]
+    # Ours and PyTorch alternate over a few rounds and each keeps its best: this machine's
+    # speed drifts by 5-10% within minutes, and one slow moment should not decide the ratio.
+    training_rows, peer = None, None
+    for _ in range(1 if quick else 3):
+        rows = [training_speed(c, 5 if quick else 40) for c in (n2v2, Config(algorithm="care"))]
+        training_rows = rows if training_rows is None else [max(a, b, key=lambda r: r["steps_per_s"])
+                                                            for a, b in zip(training_rows, rows)]
+        fresh = torch_reference(5 if quick else 40)
+        if fresh is not None and (peer is None or fresh["train_steps_per_s"] > peer["train_steps_per_s"]):
+            peer = fresh
     for r in training_rows:
         print(json.dumps(r), flush=True)
     speed = {"matmul_gflops": peak, "inference": inference_rows, "training": training_rows}
-    peer = torch_reference(5 if quick else 40)
     if peer is not None:
         ours_tile = tile_speed(n2v)
         ours_care = next(r["steps_per_s"] for r in training_rows if r["algorithm"] == "care")
