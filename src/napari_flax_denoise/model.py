@@ -124,9 +124,9 @@ def max_blur_pool(x: jax.Array, dims: int) -> jax.Array:
 
     Padding is 'SAME'-style (-inf after the end for the max, zeros for the
     blur); spatial sizes are even. Computed on the 2**dims half-resolution
-    phases of ``x`` (its even and odd rows, columns ...), so no full-size
-    intermediate is stored: XLA fuses it into one pass, where shifted full-size
-    copies took about 100 ms of a 1088x1088 tile.
+    phases of ``x`` (its even and odd rows, columns ...) rather than on
+    shifted full-size copies, which XLA fuses into fewer passes (a 1088x1088
+    n2v2 tile: 1.42 -> 1.47 MPix/s).
     """
     phases = {(): x}
     for axis in range(1, dims + 1):  # split every axis into its even and odd phase
