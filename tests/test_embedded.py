@@ -9,6 +9,7 @@ from skimage import data
 
 from napari_flax_denoise import denoise, load_model, psnr, train
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE
+from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.embedded import embedded_models, embedded_path, load_embedded
 from napari_flax_denoise.samples import sample_path
 
@@ -86,6 +87,21 @@ def test_fine_tuning_from_the_default_keeps_its_architecture(noisy):
     chosen = train(noisy, axes="YX", init="general-2d", epochs=1, steps_per_epoch=1, batch_size=4, patch_size=32,
                    learning_rate=1e-3)
     assert chosen.model.config.learning_rate == 1e-3
+
+
+def test_a_model_fine_tuned_from_the_default_denoises_the_same_after_saving(noisy, tmp_path):
+    # general-2d is residual; n2v2 fine-tuning keeps that, and so must the saved config.
+    result = train(noisy, axes="YX", init="general-2d", algorithm="n2v2", epochs=1, steps_per_epoch=2,
+                   batch_size=4, patch_size=32, output=tmp_path / "tuned")
+    assert result.model.config.use_residual
+    image = noisy[:64, :64]
+    np.testing.assert_allclose(denoise(image, tmp_path / "tuned", axes="YX"),
+                               denoise(image, result.model, axes="YX"), atol=1e-4)
+
+
+def test_blind_spot_training_refuses_a_residual_network_from_scratch(noisy):
+    with pytest.raises(UserInputError, match="residual"):
+        train(noisy, axes="YX", algorithm="n2v2", residual=True, epochs=1, steps_per_epoch=1)
 
 
 def test_widget_registry_offers_embedded_models_and_prefers_the_default():

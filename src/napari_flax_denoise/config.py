@@ -54,9 +54,10 @@ class Config:
         Blur-pool instead of max-pool and no top skip connection (N2V2).
         ``None`` means "on for n2v2".
     residual : bool or None
-        Predict a correction added to the input (care / n2n only; never for
-        blind-spot training, where it would leak noise). Off by default: on
-        short runs it measured 0.4 dB worse than the plain U-Net.
+        Predict a correction added to the input. Off by default: on short
+        runs it measured 0.4 dB worse than the plain U-Net. Blind-spot
+        training from scratch refuses it (the network would pass the noisy
+        pixel through); a residual model fine-tuned by n2v / n2v2 keeps it.
     patch_size : int
         Edge of the square / cubic training patches (a multiple of 2**depth).
     batch_size, epochs, steps_per_epoch : int
@@ -153,7 +154,7 @@ class Config:
 
     @property
     def use_residual(self) -> bool:
-        return bool(self.residual) and not self.self_supervised
+        return bool(self.residual)
 
     @property
     def patch_shape(self) -> tuple[int, ...]:

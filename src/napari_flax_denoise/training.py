@@ -103,6 +103,9 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
     if arch["dims"] == 3:  # 2D-sized defaults would make each 3D step enormous
         config = config.replace(**{key: value for key, value in DEFAULTS_3D.items()
                                    if key not in overrides and getattr(config, key) == getattr(Config, key)})
+    if init_model is None and config.self_supervised and config.residual:
+        raise UserInputError(f"{config.algorithm} cannot train a residual network from scratch: it would pass the "
+                             "noisy pixel through. Leave residual off, or fine-tune a residual model with --init.")
     if init_model is not None:
         if "learning_rate" not in overrides and config.learning_rate == Config.learning_rate:
             config = config.replace(learning_rate=FINE_TUNE_LEARNING_RATE)
