@@ -213,6 +213,7 @@ def quality(images, noise_names, steps, curve_every, careamics_noises):
             model, curve = train_with_curve(noisy, noisy, clean, base, marks)
             outputs["n2v2"] = denoise(noisy, model, axes="YX")
             row["n2v2"] = {**score(outputs["n2v2"]), "steps": steps, "curve": curve}
+            row["n2v2_plain"] = score(denoise(noisy, model, axes="YX", fusion=False))
             row["n2v2_tta"] = score(denoise(noisy, model, axes="YX", tta=True))
             outputs["default"] = denoise(noisy, "general-2d", axes="YX")  # embedded, no training
             row["default"] = score(outputs["default"])
@@ -221,6 +222,7 @@ def quality(images, noise_names, steps, curve_every, careamics_noises):
                                             marks, init="general-2d")
             outputs["n2v2_from_default"] = denoise(noisy, tuned, axes="YX")
             row["n2v2_from_default"] = {**score(outputs["n2v2_from_default"]), "steps": steps, "curve": curve}
+            row["n2v2_from_default_plain"] = score(denoise(noisy, tuned, axes="YX", fusion=False))
             others = [k for k in images if k != name]
             if others:
                 care, curve = train_with_curve(
@@ -287,16 +289,20 @@ def markdown(results):
     if results.get("quality"):
         rows = results["quality"]
         columns = [("noisy", "noisy"), ("nlm", "NLM"), ("jinv", "J-inv NLM"), ("bm3d", "BM3D"),
-                   ("bm3d_vst", "BM3D + Anscombe"), ("careamics", "CAREamics N2V2"), ("n2v2", "n2v2"),
+                   ("bm3d_vst", "BM3D + Anscombe"), ("careamics", "CAREamics N2V2"),
+                   ("n2v2_plain", "n2v2 without fusion"), ("n2v2", "n2v2"),
                    ("n2v2_tta", "n2v2 + TTA"), ("default", "general-2d (no training)"),
                    ("default_tta", "general-2d + TTA"),
+                   ("n2v2_from_default_plain", "n2v2 from general-2d without fusion"),
                    ("n2v2_from_default", "n2v2 from general-2d"), ("care", "care")]
         columns = [(k, title) for k, title in columns if any(k in r for r in rows)]
         lines.append("")
         lines.append("PSNR in dB (SSIM) against the clean image. BM3D is given the true sigma for Gaussian noise and "
                      "an estimated one otherwise; BM3D + Anscombe is given the true photon scale and read noise. "
                      "CAREamics N2V2 and our n2v2 are trained on the noisy image itself, our care on the other images "
-                     f"with the same noise, all for {rows[0]['n2v2']['steps']} steps of the same patches and batch.\n")
+                     f"with the same noise, all for {rows[0]['n2v2']['steps']} steps of the same patches and batch. "
+                     "Our n2v2 models' outputs are fused with the noisy pixels (their default) unless marked "
+                     "'without fusion'.\n")
         lines.append("| image | noise | " + " | ".join(title for _, title in columns) + " |")
         lines.append("|---|---|" + "---|" * len(columns))
         for r in rows:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_flax_denoise import denoise
 from napari_flax_denoise.checkpoint import save_model
 
 
@@ -51,6 +52,15 @@ def test_train_denoise_evaluate_end_to_end(files, tmp_path):
     run = flax_denoise("train", files / "noisy.tif", "--axes", "YX", "--output", tmp_path / "ft", "--epochs", 1,
                        "--steps-per-epoch", 2, "--init", files / "model", "--patch-size", 32, "--batch-size", 2)
     assert run.returncode == 0, run.stderr
+
+
+def test_denoise_without_fusion_keeps_the_prediction(files, tmp_path, noisy, tiny_model):
+    run = flax_denoise("denoise", files / "noisy.tif", "--output", tmp_path / "plain.tif", "--model", files / "model",
+                       "--no-fusion")
+    assert run.returncode == 0, run.stderr
+    plain = tifffile.imread(tmp_path / "plain.tif")
+    np.testing.assert_allclose(plain, denoise(noisy, tiny_model, axes="YX", fusion=False), atol=1e-4)
+    assert not np.allclose(plain, denoise(noisy, tiny_model, axes="YX"), atol=1e-2)
 
 
 def _write(d, name, array):

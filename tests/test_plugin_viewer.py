@@ -57,6 +57,7 @@ def test_denoise_a_2d_sample_keeps_placement_and_input(viewer, denoiser, qtbot, 
     np.testing.assert_allclose(result.translate, (10, 20))
     assert result.metadata["napari_flax_denoise"]["model"] == "tiny"
     assert result.metadata["napari_flax_denoise"]["axes"] == "YX"
+    assert result.metadata["napari_flax_denoise"]["fusion"]  # on for an n2v2 model
     assert result.metadata["axes"] == "YX"  # the input's metadata is carried over
     np.testing.assert_allclose(result.data, denoise(layer.data, tiny_model, axes="YX"), atol=1e-4)
     assert _digest(layer.data) == before
@@ -83,8 +84,11 @@ def test_a_lazy_dask_layer_is_denoised_plane_by_plane(viewer, denoiser, qtbot, n
     stack = np.stack([noisy, noisy[::-1]])
     layer = viewer.add_image(da.from_array(stack, chunks=(1, *noisy.shape)), name="lazy", metadata={"axes": "TYX"})
     denoiser.image.value = layer
+    denoiser.fusion.value = False
     _run(qtbot, denoiser, denoiser.run_button)
-    np.testing.assert_allclose(viewer.layers["lazy denoised"].data, denoise(stack, tiny_model, axes="TYX"), atol=1e-4)
+    denoiser.fusion.value = True
+    np.testing.assert_allclose(viewer.layers["lazy denoised"].data,
+                               denoise(stack, tiny_model, axes="TYX", fusion=False), atol=1e-4)
 
 
 def test_cancel_stops_denoising_without_adding_a_layer(viewer, denoiser, qtbot):

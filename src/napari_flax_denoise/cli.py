@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     denoise.add_argument("--tile-shape", nargs="+", type=_positive_int, metavar="T")
     denoise.add_argument("--tta", action="store_true", help="average the 8 flips / rotations")
     denoise.add_argument("--uncertainty", metavar="OUTPUT", help="write the TTA standard deviation here (implies --tta)")
+    denoise.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
+                         help="keep the network's prediction as it is (by default, n2v / n2v2 models have it "
+                              "combined with each noisy pixel, weighted by the estimated noise)")
     denoise.add_argument("--scheduler", metavar="ADDRESS",
                          help="dask.distributed scheduler to spread the planes over (e.g. tcp://10.0.0.5:8786)")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -169,7 +172,8 @@ def _denoise(args):
     if model is None:
         model, axes = _default_model(axes, len(image.shape))
     tta = args.tta or args.uncertainty is not None
-    options = dict(axes=axes, tile_shape=args.tile_shape, tta=tta, return_std=args.uncertainty is not None)
+    options = dict(axes=axes, tile_shape=args.tile_shape, tta=tta, return_std=args.uncertainty is not None,
+                   fusion=args.fusion)
     # The output keeps the axes the file or the user gave (Z stays Z when planes were denoised one by one).
     same_axes = next((a for a in (file_axes, args.axes) if a and len(a) == len(image.shape)), axes)
     if args.scheduler:
@@ -208,7 +212,7 @@ def _denoise_on_cluster(args, image, model, options, out_axes, spacing):
     except OSError as err:
         raise UserInputError(f"Could not reach the dask scheduler at {args.scheduler} ({err}); check the address.") from None
     with client:
-        lazy = denoise_lazily(image, model, axes=options["axes"], tile_shape=options["tile_shape"], tta=options["tta"])
+        lazy = denoise_lazily(image, model, **{k: options[k] for k in ("axes", "tile_shape", "tta", "fusion")})
         if str(args.output).lower().endswith(".zarr"):  # the workers write their planes straight to the store
             import dask.array as da
 

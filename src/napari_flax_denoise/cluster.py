@@ -31,7 +31,7 @@ def _denoise_block(block, *, reference: str, axes: str, options: dict):
     return denoise(block, worker_model(reference), axes=axes, **options).astype(np.float32)
 
 
-def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = False):
+def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = False, fusion: bool | None = None):
     """A dask array of ``image`` denoised plane by plane, computed when asked.
 
     Parameters
@@ -42,7 +42,7 @@ def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = Fals
     model : str or Path
         A model directory the workers can read, or an embedded model's name.
     axes : str
-    tile_shape, tta
+    tile_shape, tta, fusion
         As for :func:`~napari_flax_denoise.denoise`.
 
     Returns
@@ -63,10 +63,12 @@ def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = Fals
         raise UserInputError("Cluster denoising keeps the input's shape; this model changes the channel count.")
     outer = {i for i, a in enumerate(axes) if a in "ST" or (a == "C" and config.in_channels == 1)}
     lazy = da.asarray(image).rechunk(tuple(1 if i in outer else -1 for i in range(len(axes))))
-    options = {"tile_shape": tile_shape, "tta": tta}
+    options = {"tile_shape": tile_shape, "tta": tta, "fusion": fusion}
     return lazy.map_blocks(_denoise_block, dtype=np.float32, reference=reference, axes=axes, options=options)
 
 
-def denoise_on_cluster(image, model, *, axes: str, client, tile_shape=None, tta: bool = False) -> np.ndarray:
+def denoise_on_cluster(image, model, *, axes: str, client, tile_shape=None, tta: bool = False,
+                       fusion: bool | None = None) -> np.ndarray:
     """Denoise ``image`` on the workers of ``client`` and return the result in memory."""
-    return client.compute(denoise_lazily(image, model, axes=axes, tile_shape=tile_shape, tta=tta)).result()
+    lazy = denoise_lazily(image, model, axes=axes, tile_shape=tile_shape, tta=tta, fusion=fusion)
+    return client.compute(lazy).result()

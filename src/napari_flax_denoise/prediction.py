@@ -28,6 +28,7 @@ from .cpu_runtime import kept_memory, run_cpu_steps_inline
 from .devices import Placement, default_batch_size
 from .embedded import embedded_models, embedded_path, load_embedded
 from .errors import UserInputError
+from .fusion import fuse_images
 from .model import halo as network_halo
 from .normalization import Normalization
 
@@ -191,7 +192,7 @@ def _apply(x, k, flip, dims, inverse=False):
 
 
 def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
-                 tta: bool = False, return_std: bool = False, out=None):
+                 tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None):
     """Generator form of :func:`denoise`: yields progress, returns the result.
 
     ``out`` (optional, lazy inputs): a writable array of the result's shape,
@@ -200,7 +201,8 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     plane however long the stack.
     """
     model = resolve_model(model)
-    options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std)
+    options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std,
+                   fusion=fusion)
     with kept_memory():  # reuse each tile's pages (see cpu_runtime)
         if is_lazy(image):
             return (yield from _denoise_lazy(image, model, axes, options, out))
@@ -246,7 +248,7 @@ def _denoise_lazy(image, model, axes, options, out=None):
     return tuple(outputs) if options["return_std"] else outputs[0]
 
 
-def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std):
+def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion):
     config = model.config
     image, layout = check_image(image, axes)
     if image.min() == image.max():
@@ -259,6 +261,10 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         raise UserInputError(f"This is a {config.dims}D model but the image axes '{layout.axes}' are {dims}D.{hint}")
     if return_std and not tta:
         raise UserInputError("An uncertainty map needs test-time augmentation; turn tta on.")
+    if fusion is None:  # on for blind-spot models, whose prediction never saw the pixel itself
+        fusion = config.self_supervised
+    if fusion and config.in_channels != config.out_channels:
+        raise UserInputError("Pixel fusion needs a model whose output channels are its input channels; turn it off.")
     x = layout.to_model(image)
     fold = layout.channels != config.in_channels
     if fold and config.in_channels != 1:
@@ -280,11 +286,13 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
     if not tta:
-        pred = yield from predict_tiled(model, x, tile_shape, halos, batch_size)
-        mean, std = output_norm.undo(pred), None
+        mean = yield from predict_tiled(model, x, tile_shape, halos, batch_size)
+        std = None
     else:
         mean, std = yield from _tta_mean_std(model, x, tile_shape, halos, batch_size, return_std)
-        mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
+    if fusion:
+        fuse_images(model.network, x, mean, std)
+    mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
     if fold:  # back from one-channel images to channels
         mean, std = (None if a is None else np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1)
                      for a in (mean, std))
@@ -319,7 +327,7 @@ def run(generator):
 
 
 def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
-            tta: bool = False, return_std: bool = False, out=None):
+            tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None):
     """Denoise an image with a trained model.
 
     Parameters
@@ -349,6 +357,12 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
     return_std : bool
         Also return the per-pixel standard deviation over those 8 predictions
         (an uncertainty map); needs ``tta=True``.
+    fusion : bool, optional
+        Combine the network's prediction with each noisy pixel, weighted by
+        the noise and the prediction's local error (see
+        :mod:`~napari_flax_denoise.fusion`). ``None`` (default): on for
+        models trained by ``n2v`` / ``n2v2``, whose networks learned to
+        ignore the pixel itself; it added 0.5-3 dB to them in the benchmark.
     out : array_like, optional
         A writable array of the result's shape (e.g. a zarr array) to fill and
         return instead of a new array; with a lazy ``image`` every plane is
@@ -367,4 +381,4 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
     >>> clean = denoise(noisy, "my_model", axes="YX")  # doctest: +SKIP
     """
     return run(denoise_iter(image, model, axes=axes, tile_shape=tile_shape, overlap=overlap,
-                            batch_size=batch_size, tta=tta, return_std=return_std, out=out))
+                            batch_size=batch_size, tta=tta, return_std=return_std, fusion=fusion, out=out))

@@ -33,11 +33,14 @@ class DenoiseWidget(Container):
         self.model_folder = FileEdit(label="Load model", mode="d", tooltip="A model folder saved by training.")
         self.tta = CheckBox(text="Test-time augmentation (8 passes, better)")
         self.uncertainty = CheckBox(text="Add an uncertainty layer (uses TTA)")
+        self.fusion = CheckBox(text="Fuse with the noisy pixels (n2v / n2v2 models)", value=True,
+                               tooltip="Weigh each noisy pixel back in where the noise allows; "
+                                       "restores detail that blind-spot models blur.")
         self.info = Label(value="")
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
-        self.extend([self.image, self.axes, self.model, self.model_folder, self.tta, self.uncertainty,
+        self.extend([self.image, self.axes, self.model, self.model_folder, self.tta, self.uncertainty, self.fusion,
                      self.info, self.run_button, self.cancel_button, self.progress])
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -76,11 +79,12 @@ class DenoiseWidget(Container):
             running.report(error, "Denoising")
             return
         tta, std = bool(self.tta.value or self.uncertainty.value), bool(self.uncertainty.value)
+        fusion = None if self.fusion.value else False  # None: wherever the model's algorithm calls for it
         settings = {"model": self.model.value, "algorithm": model.config.algorithm, "axes": axes, "tta": tta,
-                    "version": __version__}
+                    "fusion": bool(self.fusion.value) and model.config.self_supervised, "version": __version__}
         self._running(True)
         self.worker = running.start(
-            denoise_iter, data, model, axes=axes, tta=tta, return_std=std, action="Denoising",
+            denoise_iter, data, model, axes=axes, tta=tta, return_std=std, fusion=fusion, action="Denoising",
             on_yield=self._on_progress, on_return=lambda result: self._add_result(layer, settings, result),
             on_finish=lambda: self._running(False))
 

@@ -1,0 +1,240 @@
+"""Put back the information a blind-spot network never sees: the pixel itself.
+
+A network trained by blind-spot masking (``n2v``, ``n2v2``) learns to
+predict each pixel from its neighbours, because the pixel's own value was
+hidden whenever it was scored. Its prediction ``mu`` therefore ignores what
+the noisy pixel ``y`` says about itself, which is a lot where the image is
+detailed (edges, texture) and the noise weak. Laine et al. (2019) recover
+it with a network that also predicts its own uncertainty; this module does
+it for any trained model, with no change to the network::
+
+    denoised = mu + w * (y - mu)
+
+For noise of variance ``v`` the best weight is ``w = 1 - v (1 - D) / R``,
+clipped to [0, 1], where ``R`` is the expected squared difference between
+``y`` and ``mu`` near the pixel and ``D`` is ``d mu / d y`` at the pixel
+(how much the network still looks at it: near 0 after blind-spot training).
+
+* ``v`` is a line in the intensity (photon noise grows with the signal),
+  fitted to the finest Haar wavelet coefficients of ``y`` in intensity bins.
+* ``D`` comes from one backward pass of the network on a few patches.
+* ``R`` is estimated in several ways: per intensity bin, or locally with
+  Gaussian windows of several widths. Stein's unbiased risk estimate (SURE)
+  of each candidate's squared error, which needs only ``y``, ``v`` and the
+  candidate's own derivative, picks the best, and ``w = 0`` (the prediction
+  unchanged) is always among the candidates.
+
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from scipy import ndimage
+
+_BINS = 12  # intensity bins for the noise line and the weights
+_PER_BIN = 2000  # fewest wavelet coefficients per bin
+_PATCH = {2: (2, 96), 3: (1, 48)}  # patches per image and their edge, for the divergence probe
+_BORDER = 16  # probe pixels this close to a patch edge are not counted
+_WIDTHS = (1.5, 2.0, 3.0, 5.0)  # Gaussian windows (sigma, pixels) of the local estimates
+
+
+def divergence(network, images, *, seed: int = 0) -> float:
+    """Mean derivative of each output pixel with respect to the same input pixel.
+
+    Hutchinson's estimate: ``mean(b * J^T b)`` for a random +-1 probe ``b``,
+    with ``J^T b`` from one backward pass, on a few patches of ``images``.
+
+    Parameters
+    ----------
+    network : nnx.Module
+        A U-Net with as many output channels as input channels.
+    images : ndarray, shape (N, *spatial, C)
+        Normalised images in the model's layout.
+    seed : int
+        Seed of the patch positions and the probe.
+
+    Returns
+    -------
+    float
+        ``D``: 0 when the output ignores the centre pixel, 1 when it passes
+        the pixel through.
+    """
+    dims = images.ndim - 2
+    count, edge = _PATCH[dims]
+    rng = np.random.default_rng(seed)
+    short = [max(edge - s, 0) for s in images.shape[1:-1]]
+    if any(short):  # small images: mirror up to one patch
+        images = np.pad(images, [(0, 0)] + [(0, s) for s in short] + [(0, 0)], mode="symmetric")
+    patches = []
+    for _ in range(count):
+        n = rng.integers(images.shape[0])
+        corner = [rng.integers(s - edge + 1) for s in images.shape[1:-1]]
+        patches.append(images[(n, *(slice(c, c + edge) for c in corner))])
+    patches = np.stack(patches).astype(np.float32)
+    probe = rng.choice(np.array([-1.0, 1.0], np.float32), patches.shape)
+    graphdef, state = nnx.split(network)
+    product = np.asarray(_probe(graphdef, state, patches, probe))
+    inner = (slice(None), *(slice(_BORDER, edge - _BORDER),) * dims)
+    return float(product[inner].mean())
+
+
+@partial(jax.jit, static_argnums=0)
+def _probe(graphdef, state, patches, probe):
+    def apply(x):
+        return nnx.merge(graphdef, state)(x)
+
+    _, pull_back = jax.vjp(apply, jnp.asarray(patches))  # reverse mode: our convolutions define only that
+    (gradient,) = pull_back(jnp.asarray(probe))
+    return gradient * probe
+
+
+def _blocks(image: np.ndarray, dims: int, sign: bool) -> np.ndarray:
+    """The finest Haar coefficients of ``image`` (``sign``: the all-detail one,
+    whose variance equals a white noise's; else the block means)."""
+    image = image[tuple(slice(0, s - s % 2) for s in image.shape)]
+    for axis in range(dims):
+        even = np.take(image, np.arange(0, image.shape[axis], 2), axis)
+        odd = np.take(image, np.arange(1, image.shape[axis], 2), axis)
+        image = (even - odd) / np.sqrt(2) if sign else (even + odd) / 2
+    return image.ravel()
+
+
+def noise_line(noisy: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Noise variance as a line ``a * intensity + b`` fitted over intensity bins.
+
+    Parameters
+    ----------
+    noisy : ndarray
+        One image (any number of spatial dimensions, no channel axis).
+    reference : ndarray
+        A denoised version of it, giving each pixel's intensity.
+
+    Returns
+    -------
+    (a, b) : tuple of float
+        ``a`` is 0 for noise of constant variance, positive for photon noise.
+    """
+    dims = noisy.ndim
+    detail = _blocks(noisy.astype(np.float64), dims, sign=True)
+    level = _blocks(reference.astype(np.float64), dims, sign=False)
+    intensity, variance = _binned(level, detail, _robust_variance)
+    if len(intensity) < 2 or np.ptp(intensity) == 0:
+        return 0.0, float(np.mean(variance))
+    a, b = np.polyfit(intensity, variance, 1)
+    if a < 0:  # noise does not fall with the signal; read it as constant
+        return 0.0, float(np.mean(variance))
+    return float(a), float(b)
+
+
+def _robust_variance(detail):
+    """Variance of white noise from wavelet details, robust to the few that hold edges."""
+    spread = np.median(np.abs(detail)) / 0.6745
+    return spread**2 if spread > 0 else float(np.mean(detail**2))  # mostly-equal values: MAD says 0
+
+
+def _binned(key, values, statistic):
+    """``statistic`` of ``values`` in equal-count bins of ``key``; the bins' median keys."""
+    order = np.argsort(key, kind="stable")
+    bins = max(1, min(_BINS, len(key) // _PER_BIN))
+    parts = np.array_split(order, bins)
+    return (np.array([np.median(key[p]) for p in parts]),
+            np.array([statistic(values[p]) for p in parts]))
+
+
+def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Combine a prediction with the noisy image it came from (see the module's docstring).
+
+    Parameters
+    ----------
+    noisy, prediction : ndarray
+        One image and its prediction, same shape, no channel axis.
+    centre_weight : float
+        ``D`` from :func:`divergence`.
+
+    Returns
+    -------
+    fused : ndarray of float32
+    weight : ndarray of float32
+        Each pixel's weight ``w`` of the noisy image (all 0: the prediction
+        unchanged).
+    """
+    a, b = noise_line(noisy, prediction)
+    y, mu = noisy.astype(np.float64), prediction.astype(np.float64)
+    v = np.maximum(a * mu + b, 0.0)
+    keep = 1.0 - min(max(centre_weight, 0.0), 0.9)
+    r = y - mu
+    # Judge with the noise at the top of its estimate's error (MAD: 2.33 / sqrt(n) relative
+    # standard error of a variance, twice that here); too little noise would let noise in.
+    cautious = v * (1.0 + 4.7 / np.sqrt(max(mu.size >> mu.ndim, 1)))
+    unchanged = _risk(r, cautious, 0.0, 0.0, keep)
+    best, best_risk = np.zeros_like(mu), 0.0
+    for weight, slope in _candidates(r, mu, v, keep):
+        gain = _risk(r, cautious, weight, slope, keep) - unchanged
+        risk, error = gain.mean(), gain.std() / np.sqrt(gain.size)
+        if risk < best_risk and risk < -2.0 * error:  # better, and not by chance
+            best, best_risk = weight, risk
+    return (mu + best * r).astype(np.float32), best.astype(np.float32)
+
+
+def _candidates(r, mu, v, keep):
+    """Weights (and their derivative with respect to ``y``, over ``r``) to choose from."""
+    squared = r * r
+    centres, weights = _binned(mu.ravel(), np.stack([squared.ravel(), v.ravel()], 1),
+                               lambda p: 1.0 - keep * p[:, 1].mean() / max(p[:, 0].mean(), 1e-12))
+    weights = np.clip(weights, 0.0, 1.0)
+    yield (np.interp(mu, centres, weights) if len(centres) > 1 else np.full_like(mu, weights[0])), 0.0
+    for width in _WIDTHS:
+        local = np.maximum(ndimage.gaussian_filter(squared, width, mode="reflect"), 1e-12)
+        weight = 1.0 - keep * v / local
+        # d w / d y through the window's own centre term (the window's weight there: `centre`).
+        reach = int(4 * width) + 1
+        centre = ndimage.gaussian_filter1d(np.pad([1.0], reach), width)[reach] ** r.ndim
+        slope = np.where((weight > 0) & (weight < 1), keep * v / local**2 * 2 * keep * centre, 0.0)
+        yield np.clip(weight, 0.0, 1.0), slope
+
+
+def _risk(r, v, weight, slope, keep):
+    """Each pixel's term of SURE of ``mu + weight * r`` for noise of variance ``v``
+    (their mean estimates the squared error, up to a constant).
+
+    ``slope * r`` is the derivative of ``weight`` with respect to ``y``, and
+    ``1 - keep`` that of ``mu``.
+    """
+    divergence_ = (1.0 - keep) * (1.0 - weight) + weight + slope * r * r
+    return ((weight - 1.0) * r) ** 2 + 2.0 * v * divergence_
+
+
+def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.ndarray | None = None):
+    """:func:`fuse` every image and channel of a batch, in place.
+
+    Parameters
+    ----------
+    network : nnx.Module
+        The network that made ``predictions`` (for ``D``).
+    images, predictions : ndarray, shape (N, *spatial, C)
+        Normalised images and the network's predictions of them.
+    std : ndarray, optional
+        The predictions' per-pixel standard deviation; scaled by ``1 - w``,
+        since the noisy image is fixed.
+
+    Returns
+    -------
+    mean_weight : float
+        The mean weight of the noisy images (0: the predictions unchanged).
+    """
+    weights = []
+    for n in range(images.shape[0]):
+        # Image by image, so that a stack gives the same result whole or plane by plane.
+        centre_weight = divergence(network, images[n:n + 1])
+        for c in range(images.shape[-1]):
+            at = (n, ..., c)
+            predictions[at], weight = fuse(images[at], predictions[at], centre_weight)
+            if std is not None:
+                std[at] *= 1.0 - weight
+            weights.append(weight.mean())
+    return float(np.mean(weights))

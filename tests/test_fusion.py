@@ -1,0 +1,77 @@
+"""Pixel fusion: its noise estimate, the network's centre weight, and fusion that
+adds back detail where the prediction lacks it and changes nothing where it does not."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+
+from napari_flax_denoise import Config, denoise
+from napari_flax_denoise.fusion import divergence, fuse, noise_line
+from napari_flax_denoise.checkpoint import build_network
+
+
+@pytest.fixture(scope="module")
+def camera():
+    return data.camera()[:256, :256].astype(np.float64)
+
+
+def test_noise_line_finds_constant_and_photon_noise(camera):
+    rng = np.random.default_rng(1)
+    smooth = ndimage.gaussian_filter(camera, 2)
+    a, b = noise_line(camera + rng.normal(0, 20, camera.shape), smooth)
+    assert abs(a * camera.mean() + b - 400) < 0.15 * 400  # texture adds a little, never much
+    # Photon noise: variance = gain * signal + read variance (gain 4, read sigma 6).
+    counts = rng.poisson(smooth / 4) * 4.0 + rng.normal(0, 6, smooth.shape)
+    a, b = noise_line(counts, smooth)
+    assert a == pytest.approx(4, rel=0.15) and b == pytest.approx(36, abs=25)
+
+
+def network(**overrides):
+    return build_network(Config(features=8, **overrides))
+
+
+def test_divergence_is_one_for_identity_and_zero_for_a_constant():
+    images = np.random.default_rng(0).normal(size=(1, 100, 120, 1)).astype(np.float32)
+    passing = network(algorithm="care", residual=True)  # input + a correction
+    passing.head.kernel[...] = jnp.zeros_like(passing.head.kernel[...])  # ... that is zero
+    assert divergence(passing, images) == pytest.approx(1.0, abs=1e-5)
+    constant = network()
+    constant.head.kernel[...] = jnp.zeros_like(constant.head.kernel[...])
+    assert divergence(constant, images) == pytest.approx(0.0, abs=1e-6)
+    assert 0 < abs(divergence(network(), images)) < 1  # a random network lies between
+
+
+def test_fusion_restores_detail_a_blurred_prediction_lost(camera):
+    noisy = camera + np.random.default_rng(2).normal(0, 15, camera.shape)
+    blurred = ndimage.gaussian_filter(camera, 1.5)  # a blind-spot network's typical loss of edges
+    fused, weight = fuse(noisy, blurred, 0.0)
+    error = lambda x: np.mean((x - camera) ** 2)  # noqa: E731
+    assert error(fused) < 0.8 * error(blurred)
+    assert weight.min() >= 0 and weight.max() <= 1 and fused.dtype == np.float32
+
+
+def test_fusion_leaves_a_perfect_prediction_alone(camera):
+    noisy = camera + np.random.default_rng(3).normal(0, 25, camera.shape)
+    fused, weight = fuse(noisy, camera, 0.0)
+    assert np.mean((fused - camera) ** 2) < 0.02 * 25**2
+
+
+def test_denoise_fuses_blind_spot_models_by_default(noisy, clean, tiny_model):
+    plain = denoise(noisy, tiny_model, axes="YX", fusion=False)
+    fused = denoise(noisy, tiny_model, axes="YX")
+    np.testing.assert_array_equal(fused, denoise(noisy, tiny_model, axes="YX", fusion=True))
+    assert not np.allclose(fused, plain)
+    error = lambda x: np.mean((x - clean) ** 2)  # noqa: E731
+    assert error(fused) < error(plain)
+    mean, std = denoise(noisy, tiny_model, axes="YX", tta=True, return_std=True)
+    _, plain_std = denoise(noisy, tiny_model, axes="YX", tta=True, return_std=True, fusion=False)
+    assert np.all(std <= plain_std + 1e-5)  # the noisy pixels' share carries no model uncertainty
+
+
+def test_a_stack_fuses_the_same_whole_or_plane_by_plane(noisy, tiny_model):
+    stack = np.stack([noisy[:96, :96], noisy[32:, 32:][:96, :96]])
+    whole = denoise(stack, tiny_model, axes="SYX")
+    for plane, result in zip(stack, whole):
+        np.testing.assert_allclose(result, denoise(plane, tiny_model, axes="YX"), atol=1e-4)
