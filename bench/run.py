@@ -230,6 +230,12 @@ def quality(images, noise_names, steps, curve_every, careamics_noises):
                     marks, targets=[images[k] for k in others])
                 outputs["care"] = denoise(noisy, care, axes="YX")
                 row["care"] = {**score(outputs["care"]), "steps": steps, "curve": curve, "trained_on": others}
+                care_tuned, curve = train_with_curve(
+                    [noisy_sets[k][noise] for k in others], noisy, clean,
+                    base.replace(algorithm="care", learning_rate=FINE_TUNE_LEARNING_RATE), marks,
+                    targets=[images[k] for k in others], init="general-2d")
+                row["care_from_default"] = {**score(denoise(noisy, care_tuned, axes="YX")), "steps": steps,
+                                            "curve": curve, "trained_on": others}
             rows.append(row)
             if noise in careamics_noises:
                 crops.update({f"{key}/{k}": v[64:192, 64:192] for k, v in {**outputs, "clean": clean}.items()})
@@ -294,13 +300,15 @@ def markdown(results):
                    ("n2v2_tta", "n2v2 + TTA"), ("default", "general-2d (no training)"),
                    ("default_tta", "general-2d + TTA"),
                    ("n2v2_from_default_plain", "n2v2 from general-2d without fusion"),
-                   ("n2v2_from_default", "n2v2 from general-2d"), ("care", "care")]
+                   ("n2v2_from_default", "n2v2 from general-2d"), ("care", "care"),
+                   ("care_from_default", "care from general-2d")]
         columns = [(k, title) for k, title in columns if any(k in r for r in rows)]
         lines.append("")
         lines.append("PSNR in dB (SSIM) against the clean image. BM3D is given the true sigma for Gaussian noise and "
                      "an estimated one otherwise; BM3D + Anscombe is given the true photon scale and read noise. "
-                     "CAREamics N2V2 and our n2v2 are trained on the noisy image itself, our care on the other images "
-                     f"with the same noise, all for {rows[0]['n2v2']['steps']} steps of the same patches and batch. "
+                     "CAREamics N2V2 and our n2v2 are trained on the noisy image itself, our care (from scratch, or "
+                     "fine-tuned from general-2d) on the other images with the same noise and their clean "
+                     f"versions, all for {rows[0]['n2v2']['steps']} steps of the same patches and batch. "
                      "Our n2v2 models' outputs are fused with the noisy pixels (their default) unless marked "
                      "'without fusion'.\n")
         lines.append("| image | noise | " + " | ".join(title for _, title in columns) + " |")

@@ -21,8 +21,10 @@ clipped to [0, 1], where ``R`` is the expected squared difference between
 * ``R`` is estimated in several ways: per intensity bin, or locally with
   Gaussian windows of several widths. Stein's unbiased risk estimate (SURE)
   of each candidate's squared error, which needs only ``y``, ``v`` and the
-  candidate's own derivative, picks the best, and ``w = 0`` (the prediction
-  unchanged) is always among the candidates.
+  candidate's own derivative, picks the best. A candidate must beat ``w = 0``
+  (the prediction unchanged) by more than its statistical error, with ``v``
+  taken at the top of its own estimate's error: where the prediction is
+  already good, a noisy estimate would otherwise let noise back in.
 
 """
 
@@ -164,13 +166,14 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float) -> tup
         unchanged).
     """
     a, b = noise_line(noisy, prediction)
-    y, mu = noisy.astype(np.float64), prediction.astype(np.float64)
-    v = np.maximum(a * mu + b, 0.0)
+    # float32 work arrays: a large 3D stack needs several of them at once.
+    y, mu = noisy.astype(np.float32, copy=False), prediction.astype(np.float32, copy=False)
+    v = np.maximum(np.float32(a) * mu + np.float32(b), np.float32(0))
     keep = 1.0 - min(max(centre_weight, 0.0), 0.9)
     r = y - mu
     # Judge with the noise at the top of its estimate's error (MAD: 2.33 / sqrt(n) relative
     # standard error of a variance, twice that here); too little noise would let noise in.
-    cautious = v * (1.0 + 4.7 / np.sqrt(max(mu.size >> mu.ndim, 1)))
+    cautious = v * np.float32(1.0 + 4.7 / np.sqrt(max(mu.size >> mu.ndim, 1)))
     unchanged = _risk(r, cautious, 0.0, 0.0, keep)
     best, best_risk = np.zeros_like(mu), 0.0
     for weight, slope in _candidates(r, mu, v, keep):
@@ -187,14 +190,16 @@ def _candidates(r, mu, v, keep):
     centres, weights = _binned(mu.ravel(), np.stack([squared.ravel(), v.ravel()], 1),
                                lambda p: 1.0 - keep * p[:, 1].mean() / max(p[:, 0].mean(), 1e-12))
     weights = np.clip(weights, 0.0, 1.0)
-    yield (np.interp(mu, centres, weights) if len(centres) > 1 else np.full_like(mu, weights[0])), 0.0
+    yield (np.interp(mu, centres, weights).astype(np.float32) if len(centres) > 1
+           else np.full_like(mu, weights[0])), 0.0
     for width in _WIDTHS:
         local = np.maximum(ndimage.gaussian_filter(squared, width, mode="reflect"), 1e-12)
-        weight = 1.0 - keep * v / local
+        weight = np.float32(1.0) - np.float32(keep) * v / local
         # d w / d y through the window's own centre term (the window's weight there: `centre`).
         reach = int(4 * width) + 1
         centre = ndimage.gaussian_filter1d(np.pad([1.0], reach), width)[reach] ** r.ndim
-        slope = np.where((weight > 0) & (weight < 1), keep * v / local**2 * 2 * keep * centre, 0.0)
+        slope = np.where((weight > 0) & (weight < 1), np.float32(2 * keep * keep * centre) * v / local**2,
+                         np.float32(0))
         yield np.clip(weight, 0.0, 1.0), slope
 
 
