@@ -3,7 +3,7 @@ import sys
 
 CORE = ["axes", "config", "model", "masking", "patches", "data", "steps", "training", "prediction",
         "checkpoint", "resume", "files", "metrics", "baselines", "cli", "samples",
-        "plugin.layers", "plugin.jobs", "plugin.registry", "plugin.file_io", "dicom", "nifti", "zarr_store",
+        "plugin.layers", "plugin.jobs", "plugin.training_process", "plugin.registry", "plugin.file_io", "dicom", "nifti", "zarr_store",
         "embedded", "cluster", "devices"]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from napari_flax_denoise import UserInputError, denoise
 from napari_flax_denoise.plugin.jobs import preview_crop, train_with_preview
+from napari_flax_denoise.plugin.training_process import train_in_child
 from napari_flax_denoise.plugin.layers import infer_axes, layer_data, result_layer
 from napari_flax_denoise.samples import cell_pair, ct_2d, fmri_3d, nuclei_2d
 
@@ -109,3 +110,42 @@ def test_train_with_preview_previews_with_current_weights(noisy, tiny_config):
     np.testing.assert_allclose(last.preview, denoise(last.crop.data, last.progress.snapshot(), axes="YX"), atol=1e-5)
     assert result.stopped == "completed"
     assert [u.progress.step for u in updates] == list(range(1, 9))
+
+
+def _drain(run):
+    updates = []
+    while True:
+        try:
+            updates.append(next(run))
+        except StopIteration as stop:
+            return updates, stop.value
+
+
+def test_training_in_a_child_process_matches_training_here(noisy, tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=1)
+    updates, result = _drain(train_in_child([noisy], axes="YX", preview_every=2, config=config,
+                                            output=tmp_path / "child"))
+    assert [u.progress.step for u in updates] == [1, 2, 3, 4]
+    assert [u.progress.step for u in updates if u.preview is not None] == [1, 2, 4]
+    assert result.stopped == "completed" and result.output == tmp_path / "child"
+    here = train_with_preview([noisy], axes="YX", config=config)
+    _, expected = _drain(here)
+    image = noisy[:64, :64]
+    np.testing.assert_allclose(denoise(image, result.model, axes="YX"), denoise(image, expected.model, axes="YX"),
+                               atol=1e-4)  # same seed, same steps: the same model
+
+
+def test_a_child_stops_between_steps_and_reports_user_errors(noisy, tiny_config, tiny_model):
+    seen = []
+    run = train_in_child([noisy], axes="YX", init=tiny_model, stop=lambda: bool(seen),
+                         config=tiny_config.replace(epochs=50))
+    while True:
+        try:
+            seen.append(next(run))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert result.stopped == "stop_requested" and len(seen) < 50 * tiny_config.steps_per_epoch
+    assert result.model.info["fine_tuned_from"] == tiny_model.name and result.output is None
+    with pytest.raises(UserInputError, match="drop the targets"):
+        _drain(train_in_child([noisy], axes="YX", targets=[noisy], config=tiny_config))

