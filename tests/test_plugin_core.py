@@ -96,14 +96,7 @@ def test_preview_crop_is_central_and_spatial():
 
 
 def test_train_with_preview_previews_with_current_weights(noisy, tiny_config):
-    run = train_with_preview([noisy], axes="YX", preview_every=3, config=tiny_config)
-    updates = []
-    while True:
-        try:
-            updates.append(next(run))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    updates, result = _drain(train_with_preview([noisy], axes="YX", preview_every=3, config=tiny_config))
     steps = [u.progress.step for u in updates if u.preview is not None]
     assert steps == [1, 3, 6, 8]
     last = updates[-1]
@@ -112,8 +105,9 @@ def test_train_with_preview_previews_with_current_weights(noisy, tiny_config):
     assert [u.progress.step for u in updates] == list(range(1, 9))
 
 
-def _drain(run):
-    updates = []
+def _drain(run, updates=None):
+    """Run a job to its end; its updates (appended to ``updates`` as they come) and result."""
+    updates = [] if updates is None else updates
     while True:
         try:
             updates.append(next(run))
@@ -128,8 +122,7 @@ def test_training_in_a_child_process_matches_training_here(noisy, tiny_config, t
     assert [u.progress.step for u in updates] == [1, 2, 3, 4]
     assert [u.progress.step for u in updates if u.preview is not None] == [1, 2, 4]
     assert result.stopped == "completed" and result.output == tmp_path / "child"
-    here = train_with_preview([noisy], axes="YX", config=config)
-    _, expected = _drain(here)
+    _, expected = _drain(train_with_preview([noisy], axes="YX", config=config))
     image = noisy[:64, :64]
     np.testing.assert_allclose(denoise(image, result.model, axes="YX"), denoise(image, expected.model, axes="YX"),
                                atol=1e-4)  # same seed, same steps: the same model
@@ -137,14 +130,8 @@ def test_training_in_a_child_process_matches_training_here(noisy, tiny_config, t
 
 def test_a_child_stops_between_steps_and_reports_user_errors(noisy, tiny_config, tiny_model):
     seen = []
-    run = train_in_child([noisy], axes="YX", init=tiny_model, stop=lambda: bool(seen),
-                         config=tiny_config.replace(epochs=50))
-    while True:
-        try:
-            seen.append(next(run))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    _, result = _drain(train_in_child([noisy], axes="YX", init=tiny_model, stop=lambda: bool(seen),
+                                      config=tiny_config.replace(epochs=50)), seen)
     assert result.stopped == "stop_requested" and len(seen) < 50 * tiny_config.steps_per_epoch
     assert result.model.info["fine_tuned_from"] == tiny_model.name and result.output is None
     with pytest.raises(UserInputError, match="drop the targets"):
