@@ -43,6 +43,7 @@ _PER_BIN = 2000  # fewest wavelet coefficients per bin
 _PATCH = {2: (2, 96), 3: (1, 48)}  # patches per image and their edge, for the divergence probe
 _BORDER = 16  # probe pixels this close to a patch edge are not counted
 _WIDTHS = (1.5, 2.0, 3.0, 5.0)  # Gaussian windows (sigma, pixels) of the local estimates
+_INSIDE_3_SIGMA = 0.9733  # E[d^2 | |d| < 3 sigma] / sigma^2 for Gaussian d
 
 
 def divergence(network, images, *, seed: int = 0) -> float:
@@ -134,17 +135,28 @@ def noise_line(noisy: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 
 def _robust_variance(detail):
-    """Variance of white noise from wavelet details, robust to the few that hold edges."""
+    """Variance of white noise from wavelet details, robust to the few that hold edges.
+
+    The median absolute deviation starts it; the mean square of the details
+    within 3 of its standard deviations (corrected for that cut) refines it,
+    since in a bin of mixed intensities photon noise is a mixture of
+    variances, which the median alone underestimates.
+    """
     spread = np.median(np.abs(detail)) / 0.6745
-    return spread**2 if spread > 0 else float(np.mean(detail**2))  # mostly-equal values: MAD says 0
+    if spread == 0:  # mostly-equal values
+        return float(np.mean(detail**2))
+    for _ in range(3):
+        spread = np.sqrt(np.mean(detail[np.abs(detail) < 3 * spread] ** 2) / _INSIDE_3_SIGMA)
+    return float(spread**2)
 
 
 def _binned(key, values, statistic):
-    """``statistic`` of ``values`` in equal-count bins of ``key``; the bins' median keys."""
+    """``statistic`` of ``values`` in equal-count bins of ``key``; the bins' mean keys
+    (a variance linear in the intensity has the bin's mean intensity, not its median)."""
     order = np.argsort(key, kind="stable")
     bins = max(1, min(_BINS, len(key) // _PER_BIN))
     parts = np.array_split(order, bins)
-    return (np.array([np.median(key[p]) for p in parts]),
+    return (np.array([np.mean(key[p]) for p in parts]),
             np.array([statistic(values[p]) for p in parts]))
 
 
