@@ -43,7 +43,9 @@ def test_divergence_is_one_for_identity_and_zero_for_a_constant():
     assert 0 < abs(divergence(network(), images)) < 1  # a random network lies between
 
 
-def test_fusion_restores_detail_a_blurred_prediction_lost(camera):
+@pytest.mark.parametrize("size", [256, 1100])  # a large image chooses its weights on crops
+def test_fusion_restores_detail_a_blurred_prediction_lost(camera, size):
+    camera = np.pad(camera, [(0, size - 256)] * 2, mode="reflect")
     noisy = camera + np.random.default_rng(2).normal(0, 15, camera.shape)
     blurred = ndimage.gaussian_filter(camera, 1.5)  # a blind-spot network's typical loss of edges
     fused, weight = fuse(noisy, blurred, 0.0)

@@ -43,6 +43,8 @@ _PER_BIN = 2000  # fewest wavelet coefficients per bin
 _PATCH = {2: (2, 96), 3: (1, 48)}  # patches per image and their edge, for the divergence probe
 _BORDER = 16  # probe pixels this close to a patch edge are not counted
 _WIDTHS = (1.5, 2.0, 3.0, 5.0)  # Gaussian windows (sigma, pixels) of the local estimates
+_CROP = {2: 256, 3: 64}  # edge of the crops that choose the weights in a large image
+_CROPS = 4
 _INSIDE_3_SIGMA = 0.9733  # E[d^2 | |d| < 3 sigma] / sigma^2 for Gaussian d
 
 
@@ -107,24 +109,26 @@ def _blocks(image: np.ndarray, dims: int, sign: bool) -> np.ndarray:
     return image.ravel()
 
 
-def noise_line(noisy: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+def noise_line(noisy, reference) -> tuple[float, float]:
     """Noise variance as a line ``a * intensity + b`` fitted over intensity bins.
 
     Parameters
     ----------
-    noisy : ndarray
-        One image (any number of spatial dimensions, no channel axis).
-    reference : ndarray
-        A denoised version of it, giving each pixel's intensity.
+    noisy : ndarray or list of ndarray
+        One image (any number of spatial dimensions, no channel axis), or
+        several crops of one.
+    reference : ndarray or list of ndarray
+        A denoised version of it (of each crop), giving each pixel's intensity.
 
     Returns
     -------
     (a, b) : tuple of float
         ``a`` is 0 for noise of constant variance, positive for photon noise.
     """
-    dims = noisy.ndim
-    detail = _blocks(noisy.astype(np.float64), dims, sign=True)
-    level = _blocks(reference.astype(np.float64), dims, sign=False)
+    pairs = zip(*(noisy, reference) if isinstance(noisy, list) else ([noisy], [reference]))
+    detail, level = (np.concatenate(parts) for parts in zip(*(
+        (_blocks(y.astype(np.float64), y.ndim, sign=True), _blocks(mu.astype(np.float64), y.ndim, sign=False))
+        for y, mu in pairs)))
     intensity, variance = _binned(level, detail, _robust_variance)
     if len(intensity) < 2 or np.ptp(intensity) == 0:
         return 0.0, float(np.mean(variance))
@@ -163,6 +167,10 @@ def _binned(key, values, statistic):
 def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float) -> tuple[np.ndarray, np.ndarray]:
     """Combine a prediction with the noisy image it came from (see the module's docstring).
 
+    The noise line and the choice of weights come from a few crops (the
+    whole image when it is small); only the chosen weights are computed for
+    every pixel.
+
     Parameters
     ----------
     noisy, prediction : ndarray
@@ -177,42 +185,76 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float) -> tup
         Each pixel's weight ``w`` of the noisy image (all 0: the prediction
         unchanged).
     """
-    a, b = noise_line(noisy, prediction)
     # float32 work arrays: a large 3D stack needs several of them at once.
     y, mu = noisy.astype(np.float32, copy=False), prediction.astype(np.float32, copy=False)
-    v = np.maximum(np.float32(a) * mu + np.float32(b), np.float32(0))
     keep = 1.0 - min(max(centre_weight, 0.0), 0.9)
-    r = y - mu
-    # Judge with the noise at the top of its estimate's error (MAD: 2.33 / sqrt(n) relative
-    # standard error of a variance, twice that here); too little noise would let noise in.
-    cautious = v * np.float32(1.0 + 4.7 / np.sqrt(max(mu.size >> mu.ndim, 1)))
-    unchanged = _risk(r, cautious, 0.0, 0.0, keep)
-    best, best_risk = np.zeros_like(mu), 0.0
-    for weight, slope in _candidates(r, mu, v, keep):
-        gain = _risk(r, cautious, weight, slope, keep) - unchanged
+    crops = _crops(y.shape)
+    samples = [(y[c], mu[c]) for c in crops]
+    a, b = noise_line(*map(list, zip(*samples)))
+    line = (np.float32(a), np.float32(b))
+    # Judge with the noise at the top of its estimate's error (a variance from n wavelet details
+    # has a relative standard error of about 2.33 / sqrt(n); twice that here): too little noise
+    # would let noise in.
+    count = sum(sample.size >> sample.ndim for sample, _ in samples)
+    caution = np.float32(1.0 + 4.7 / np.sqrt(max(count, 1)))
+    table = _bin_table([(y_ - m_, m_) for y_, m_ in samples], line, keep)
+    best, best_risk = None, 0.0
+    for choice in ("bins", *_WIDTHS):
+        gain = np.concatenate([_gain(y_ - m_, m_, line, keep, choice, table, caution) for y_, m_ in samples])
         risk, error = gain.mean(), gain.std() / np.sqrt(gain.size)
         if risk < best_risk and risk < -2.0 * error:  # better, and not by chance
-            best, best_risk = weight, risk
-    return (mu + best * r).astype(np.float32), best.astype(np.float32)
+            best, best_risk = choice, risk
+    if best is None:
+        return mu.copy(), np.zeros_like(mu)
+    r = y - mu
+    weight, _ = _weights(r, mu, line, keep, best, table)
+    return mu + weight * r, weight
 
 
-def _candidates(r, mu, v, keep):
-    """Weights (and their derivative with respect to ``y``, over ``r``) to choose from."""
-    squared = r * r
-    centres, weights = _binned(mu.ravel(), np.stack([squared.ravel(), v.ravel()], 1),
+def _crops(shape, seed: int = 0) -> list[tuple]:
+    """Where to look: the whole image when small, else a few crops spread over it."""
+    edge = _CROP[len(shape)]
+    if all(s <= 2 * edge for s in shape):
+        return [tuple(slice(None) for _ in shape)]
+    rng = np.random.default_rng(seed)
+    return [tuple(slice(start, start + edge) for start in (rng.integers(max(s - edge, 0) + 1) for s in shape))
+            for _ in range(_CROPS)]
+
+
+def _bin_table(samples, line, keep):
+    """Per intensity bin of the prediction, the weight ``1 - v (1 - D) / R``."""
+    r = np.concatenate([r_.ravel() for r_, _ in samples])
+    mu = np.concatenate([m_.ravel() for _, m_ in samples])
+    v = np.maximum(line[0] * mu + line[1], 0)
+    centres, weights = _binned(mu, np.stack([r * r, v], 1),
                                lambda p: 1.0 - keep * p[:, 1].mean() / max(p[:, 0].mean(), 1e-12))
-    weights = np.clip(weights, 0.0, 1.0)
-    yield (np.interp(mu, centres, weights).astype(np.float32) if len(centres) > 1
-           else np.full_like(mu, weights[0])), 0.0
-    for width in _WIDTHS:
-        local = np.maximum(ndimage.gaussian_filter(squared, width, mode="reflect"), 1e-12)
-        weight = np.float32(1.0) - np.float32(keep) * v / local
-        # d w / d y through the window's own centre term (the window's weight there: `centre`).
-        reach = int(4 * width) + 1
-        centre = ndimage.gaussian_filter1d(np.pad([1.0], reach), width)[reach] ** r.ndim
-        slope = np.where((weight > 0) & (weight < 1), np.float32(2 * keep * keep * centre) * v / local**2,
-                         np.float32(0))
-        yield np.clip(weight, 0.0, 1.0), slope
+    return centres, np.clip(weights, 0.0, 1.0)
+
+
+def _weights(r, mu, line, keep, choice, table):
+    """Weights ``w`` of candidate ``choice`` ("bins", or a Gaussian window's sigma), and
+    their derivative with respect to ``y`` divided by ``r``."""
+    v = np.maximum(line[0] * mu + line[1], np.float32(0))
+    if choice == "bins":
+        centres, weights = table
+        weight = np.interp(mu, centres, weights) if len(centres) > 1 else np.full(mu.shape, weights[0])
+        return weight.astype(np.float32), np.float32(0)
+    local = np.maximum(ndimage.gaussian_filter(r * r, choice, mode="reflect"), np.float32(1e-12))
+    weight = np.float32(1.0) - np.float32(keep) * v / local
+    # d w / d y through the window's own centre term (the window's weight there: `centre`).
+    reach = int(4 * choice) + 1
+    centre = ndimage.gaussian_filter1d(np.pad([1.0], reach), choice)[reach] ** r.ndim
+    slope = np.where((weight > 0) & (weight < 1), np.float32(2 * keep * keep * centre) * v / local**2,
+                     np.float32(0))
+    return np.clip(weight, 0.0, 1.0), slope
+
+
+def _gain(r, mu, line, keep, choice, table, caution):
+    """Each pixel's change of SURE from the unchanged prediction to candidate ``choice``,
+    with the noise variance raised by the factor ``caution``."""
+    weight, slope = _weights(r, mu, line, keep, choice, table)
+    v = np.maximum(line[0] * mu + line[1], np.float32(0)) * caution
+    return (_risk(r, v, weight, slope, keep) - _risk(r, v, np.float32(0), np.float32(0), keep)).ravel()
 
 
 def _risk(r, v, weight, slope, keep):
