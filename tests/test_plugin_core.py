@@ -134,5 +134,6 @@ def test_a_child_stops_between_steps_and_reports_user_errors(noisy, tiny_config,
                                       config=tiny_config.replace(epochs=50)), seen)
     assert result.stopped == "stop_requested" and len(seen) < 50 * tiny_config.steps_per_epoch
     assert result.model.info["fine_tuned_from"] == tiny_model.name and result.output is None
+    assert "path" not in result.model.info  # its temporary folder is gone
     with pytest.raises(UserInputError, match="drop the targets"):
         _drain(train_in_child([noisy], axes="YX", targets=[noisy], config=tiny_config))

@@ -81,6 +81,8 @@ def train_in_child(images, *, axes: str, stop=None, init=None, output=None, **kw
                     yield payload
                 elif kind == "done":
                     model = load_model(folder)
+                    if output is None:  # the temporary folder goes; the model lives on in memory
+                        del model.info["path"]
                     return TrainResult(model, payload[1], payload[0], Path(output) if output is not None else None)
                 elif kind == "user_error":
                     raise UserInputError(payload)
