@@ -186,7 +186,7 @@ def quality(images, noise_names, steps, curve_every, careamics_noises):
     Returns the rows, the peers' versions and timings, and example crops."""
     rng = np.random.default_rng(0)
     noisy_sets = {name: noisy_versions(clean, rng) for name, clean in images.items()}
-    base = Config(epochs=1, steps_per_epoch=steps, val_fraction=0.0)  # the default learning rate
+    base = Config(epochs=1, steps_per_epoch=steps, val_fraction=0.0, learning_rate=2e-3)
     marks = set(range(curve_every, steps + 1, curve_every))
     peer_arrays, peers = run_peers(noisy_sets, noise_names, steps, marks, careamics_noises)
     rows, crops = [], {}

@@ -6,8 +6,8 @@
                                                 # continue training a model (name or folder)
     python scripts/train_embedded.py --card-only   # rewrite the card from the saved metrics
 
-The shipped ``general-2d`` is two runs: ``--output /tmp/base --learning-rate 2e-3``
-(3000 steps, about 30 minutes; 2e-3 was then the CLI's default), then ``--init /tmp/base
+The shipped ``general-2d`` is two runs: ``--output /tmp/base`` (3000 steps
+at the CLI's peak learning rate, about 30 minutes), then ``--init /tmp/base
 --learning-rate 5e-4`` (3000 more, about 60 minutes on a busy machine).
 
 Data: clean greyscale images bundled with scikit-image (natural photos,
