@@ -26,7 +26,8 @@ FINE_TUNE_LEARNING_RATE = 5e-5
 
 # The from-scratch default, 2e-3, is a compromise (n2v2, 150 steps on 256x256, bench
 # images and noises): 4e-3 gained 0.1-0.4 dB on camera (and on a 3D stack, and care)
-# but lost 0.75-2.2 dB on cell at sigma 50 and 1.0 under Poisson noise; 3e-3 lay between.
+# but lost 0.75-2.2 dB on cell at sigma 50 and 1.0 under Poisson noise; 3e-3 lay between,
+# and 1e-3 lost 0.5 dB there too.
 
 # Patches for 3D training unless given: the 2D defaults (16 patches of 64) become
 # 16 cubes of 64**3 in 3D, a step of about 12 GB that ran for minutes on 2 CPU
