@@ -8,6 +8,7 @@ from scipy import ndimage
 from skimage import data
 
 from napari_flax_denoise import Config, denoise
+from napari_flax_denoise import fusion
 from napari_flax_denoise.fusion import divergence, fuse, noise_line
 from napari_flax_denoise.checkpoint import build_network
 
@@ -26,6 +27,21 @@ def test_noise_line_finds_constant_and_photon_noise(camera):
     counts = rng.poisson(smooth / 4) * 4.0 + rng.normal(0, 6, smooth.shape)
     a, b = noise_line(counts, smooth)
     assert a == pytest.approx(4, rel=0.15) and b == pytest.approx(36, abs=25)
+
+
+def test_noise_line_takes_fine_texture_out():
+    # Left half flat, right half a fine texture the finest details also see; noise sigma 10.
+    rng = np.random.default_rng(2)
+    clean = np.full((256, 256), 100.0)
+    clean[:, 128:] += 6 * ndimage.gaussian_filter(rng.normal(0, 10, (256, 128)), 0.6)
+    noisy = clean + rng.normal(0, 10, clean.shape)
+    detail, level = (fusion._blocks(x, 2, sign) for x, sign in ((noisy, True), (clean, False)))
+    a, b = fusion._fitted_line(detail.ravel(), level.ravel())
+    assert a * 100 + b > 1.3 * 100  # the texture alone would read as noise
+    a, b = noise_line(noisy, clean)
+    assert a * 100 + b == pytest.approx(100, rel=0.1)
+    pure = 100 + rng.normal(0, 10, clean.shape)  # and pure noise is left as it is
+    assert fusion._texture_scale([(fusion._blocks(pure, 2, True), np.full((128, 128), 100.0))], 0.0, 100.0) > 0.9
 
 
 def network(**overrides):
