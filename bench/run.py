@@ -217,6 +217,7 @@ def quality(images, noise_names, steps, curve_every, careamics_noises):
             row["n2v2_tta"] = score(denoise(noisy, model, axes="YX", tta=True))
             outputs["default"] = denoise(noisy, "general-2d", axes="YX")  # embedded, no training
             row["default"] = score(outputs["default"])
+            row["default_plain"] = score(denoise(noisy, "general-2d", axes="YX", fusion=False))
             row["default_tta"] = score(denoise(noisy, "general-2d", axes="YX", tta=True))
             tuned, curve = train_with_curve(noisy, noisy, clean, base.replace(learning_rate=FINE_TUNE_LEARNING_RATE),
                                             marks, init="general-2d")
@@ -297,7 +298,8 @@ def markdown(results):
         columns = [("noisy", "noisy"), ("nlm", "NLM"), ("jinv", "J-inv NLM"), ("bm3d", "BM3D"),
                    ("bm3d_vst", "BM3D + Anscombe"), ("careamics", "CAREamics N2V2"),
                    ("n2v2_plain", "n2v2 without fusion"), ("n2v2", "n2v2"),
-                   ("n2v2_tta", "n2v2 + TTA"), ("default", "general-2d (no training)"),
+                   ("n2v2_tta", "n2v2 + TTA"), ("default_plain", "general-2d without fusion"),
+                   ("default", "general-2d (no training)"),
                    ("default_tta", "general-2d + TTA"),
                    ("n2v2_from_default_plain", "n2v2 from general-2d without fusion"),
                    ("n2v2_from_default", "n2v2 from general-2d"), ("care", "care"),
@@ -309,8 +311,8 @@ def markdown(results):
                      "CAREamics N2V2 and our n2v2 are trained on the noisy image itself, our care (from scratch, or "
                      "fine-tuned from general-2d) on the other images with the same noise and their clean "
                      f"versions, all for {rows[0]['n2v2']['steps']} steps of the same patches and batch. "
-                     "Our n2v2 models' outputs are fused with the noisy pixels (their default) unless marked "
-                     "'without fusion'.\n")
+                     "Every model's output is fused with the noisy pixels (the default of denoise) unless "
+                     "marked 'without fusion'.\n")
         lines.append("| image | noise | " + " | ".join(title for _, title in columns) + " |")
         lines.append("|---|---|" + "---|" * len(columns))
         for r in rows:

@@ -28,7 +28,7 @@ from .cpu_runtime import kept_memory, run_cpu_steps_inline
 from .devices import Placement, default_batch_size
 from .embedded import embedded_models, embedded_path, load_embedded
 from .errors import UserInputError
-from .fusion import fuse_images
+from .fusion import fuse_images, fusion_applies
 from .model import halo as network_halo
 from .normalization import Normalization
 
@@ -261,8 +261,8 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         raise UserInputError(f"This is a {config.dims}D model but the image axes '{layout.axes}' are {dims}D.{hint}")
     if return_std and not tta:
         raise UserInputError("An uncertainty map needs test-time augmentation; turn tta on.")
-    if fusion is None:  # on for blind-spot models, whose prediction never saw the pixel itself
-        fusion = config.self_supervised
+    if fusion is None:
+        fusion = fusion_applies(config)
     if fusion and config.in_channels != config.out_channels:
         raise UserInputError("Pixel fusion needs a model whose output channels are its input channels; turn it off.")
     x = layout.to_model(image)
@@ -291,7 +291,7 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     else:
         mean, std = yield from _tta_mean_std(model, x, tile_shape, halos, batch_size, return_std)
     if fusion:
-        fuse_images(model.network, x, mean, std)
+        fuse_images(model.network, x, mean, std, blind=config.self_supervised)
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
     if fold:  # back from one-channel images to channels
         mean, std = (None if a is None else np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1)
@@ -361,10 +361,12 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
         Combine the network's prediction with each noisy pixel, weighted by
         the noise and the prediction's local error (see
         :mod:`~napari_flax_denoise.fusion`). ``None`` (default): on for
-        models trained by ``n2v`` / ``n2v2``, whose networks learned to
-        ignore the pixel itself (in the benchmark: up to 3 dB more on a
-        detailed photograph, no change where the prediction was already
-        close).
+        every model whose output channels are its input channels. Blind-spot
+        models (``n2v`` / ``n2v2``) learned to ignore the pixel itself (in
+        the benchmark: up to 3 dB more on a detailed photograph);
+        supervised ones smooth fine detail away at weak noise (general-2d on
+        a photograph at sigma 5: +1.8 dB). Where the prediction is already
+        close, fusion leaves it unchanged.
     out : array_like, optional
         A writable array of the result's shape (e.g. a zarr array) to fill and
         return instead of a new array; with a lazy ``image`` every plane is

@@ -8,6 +8,7 @@ from magicgui.widgets import create_widget
 
 from .. import __version__
 from ..errors import UserInputError
+from ..fusion import fusion_applies
 from ..prediction import denoise_iter
 from . import running
 from .layers import check_axes_override, infer_axes, layer_data, result_layer
@@ -33,9 +34,9 @@ class DenoiseWidget(Container):
         self.model_folder = FileEdit(label="Load model", mode="d", tooltip="A model folder saved by training.")
         self.tta = CheckBox(text="Test-time augmentation (8 passes, better)")
         self.uncertainty = CheckBox(text="Add an uncertainty layer (uses TTA)")
-        self.fusion = CheckBox(text="Fuse with the noisy pixels (n2v / n2v2 models)", value=True,
-                               tooltip="Weigh each noisy pixel back in where the noise allows; "
-                                       "restores detail that blind-spot models blur.")
+        self.fusion = CheckBox(text="Fuse with the noisy pixels", value=True,
+                               tooltip="Weigh each noisy pixel back in where the noise allows; restores detail "
+                                       "that blind-spot models blur and that any model smooths at weak noise.")
         self.info = Label(value="")
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -79,9 +80,9 @@ class DenoiseWidget(Container):
             running.report(error, "Denoising")
             return
         tta, std = bool(self.tta.value or self.uncertainty.value), bool(self.uncertainty.value)
-        fusion = None if self.fusion.value else False  # None: wherever the model's algorithm calls for it
+        fusion = bool(self.fusion.value) and fusion_applies(model.config)
         settings = {"model": self.model.value, "algorithm": model.config.algorithm, "axes": axes, "tta": tta,
-                    "fusion": bool(self.fusion.value) and model.config.self_supervised, "version": __version__}
+                    "fusion": fusion, "version": __version__}
         self._running(True)
         self.worker = running.start(
             denoise_iter, data, model, axes=axes, tta=tta, return_std=std, fusion=fusion, action="Denoising",
