@@ -311,8 +311,9 @@ def markdown(results):
                      "CAREamics N2V2 and our n2v2 are trained on the noisy image itself, our care (from scratch, or "
                      "fine-tuned from general-2d) on the other images with the same noise and their clean "
                      f"versions, all for {rows[0]['n2v2']['steps']} steps of the same patches and batch. "
-                     "Every model's output is fused with the noisy pixels (the default of denoise) unless "
-                     "marked 'without fusion'.\n")
+                     "Outputs are fused with the noisy pixels where that is the default of denoise (n2v2 "
+                     "models, and general-2d and its fine-tunes, which normalise each image) unless marked "
+                     "'without fusion'; care from scratch is not fused.\n")
         lines.append("| image | noise | " + " | ".join(title for _, title in columns) + " |")
         lines.append("|---|---|" + "---|" * len(columns))
         for r in rows:

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
-from napari_flax_denoise import Config, denoise
+from napari_flax_denoise import Config, denoise, train
 from napari_flax_denoise import fusion
 from napari_flax_denoise.fusion import divergence, fuse, noise_line
 from napari_flax_denoise.checkpoint import build_network
@@ -125,6 +125,23 @@ def test_a_supervised_model_on_a_tiny_image_is_left_alone():
     noisy = (rng.poisson(expected - 100) + 100 + rng.normal(0, 2, mr.shape)).astype(np.float32)
     plain = denoise(noisy, "general-2d", axes="YX", fusion=False)
     np.testing.assert_array_equal(denoise(noisy, "general-2d", axes="YX"), plain)
+
+
+def test_a_care_model_is_fused_only_when_asked_and_on_its_output_scale():
+    # Its targets have their own normalisation: fused on the input's scale, the error tripled.
+    rng = np.random.default_rng(0)
+    camera = data.camera()[128:384, 128:384].astype(np.float32)
+    cell = data.cell()[200:456, 150:406].astype(np.float32)
+    config = Config(algorithm="care", features=16, patch_size=32, batch_size=8, epochs=1, steps_per_epoch=60,
+                    val_fraction=0.0)
+    model = train(camera + rng.normal(0, 50, camera.shape).astype(np.float32), axes="YX", targets=camera,
+                  config=config).model
+    assert model.input_norm != model.output_norm
+    noisy = cell + rng.normal(0, 50, cell.shape).astype(np.float32)
+    plain = denoise(noisy, model, axes="YX", fusion=False)
+    np.testing.assert_array_equal(denoise(noisy, model, axes="YX"), plain)  # not by default
+    error = lambda x: np.mean((x - cell) ** 2)  # noqa: E731
+    assert error(denoise(noisy, model, axes="YX", fusion=True)) <= 1.02 * error(plain)
 
 
 def test_a_stack_fuses_the_same_whole_or_plane_by_plane(noisy, tiny_model):

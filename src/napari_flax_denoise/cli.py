@@ -61,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     denoise.add_argument("--tta", action="store_true", help="average the 8 flips / rotations")
     denoise.add_argument("--uncertainty", metavar="OUTPUT", help="write the TTA standard deviation here (implies --tta)")
     denoise.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
-                         help="keep the network's prediction as it is (by default it is combined with each "
-                              "noisy pixel, weighted by the estimated noise, wherever that is clearly better)")
+                         help="keep the network's prediction as it is (by default, for n2v / n2v2 models and general-2d, "
+                              "it is combined with each noisy pixel, weighted by the estimated noise, wherever "
+                              "that is clearly better)")
     denoise.add_argument("--scheduler", metavar="ADDRESS",
                          help="dask.distributed scheduler to spread the planes over (e.g. tcp://10.0.0.5:8786)")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -27,6 +27,11 @@ clipped to [0, 1], where ``R`` is the expected squared difference between
   taken at the top of its own estimate's error: where the prediction is
   already good, a noisy estimate would otherwise let noise back in.
 
+A supervised network sees the pixel (``D`` well above 0), yet at weak noise
+it still smooths fine texture away, and the same rule puts some back. For it
+only the local estimates are candidates, and an image too small to fit the
+noise line is left alone (see :func:`fuse`).
+
 """
 
 from __future__ import annotations
@@ -330,17 +335,22 @@ def _risk(r, v, weight, slope, keep):
 
 
 def fusion_applies(config) -> bool:
-    """Whether a model's predictions are fused by default: when they are images of its input's channels.
+    """Whether a model's predictions are fused by default.
 
-    Blind-spot models need it most; supervised models gain where they smooth
-    fine detail away (weak noise on a detailed image), and :func:`fuse`
-    leaves a prediction unchanged when no weighting is clearly better.
+    Fusion weighs the noisy pixel into the prediction, so both must be the
+    same kind of image on the same intensity scale. That holds for
+    blind-spot models (they predict their input) and for models that meet
+    every image on its own scale (``normalize_per_image``, e.g. general-2d
+    and its fine-tunes). A ``care`` or ``n2n`` model's targets carry their
+    own normalisation and may be another acquisition (another exposure, a
+    longer average), so fusion is only done when asked for, and then on the
+    assumption that input and target share their intensity units.
     """
-    return config.in_channels == config.out_channels
+    return config.in_channels == config.out_channels and (config.self_supervised or config.normalize_per_image)
 
 
 def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.ndarray | None = None,
-                blind: bool = True):
+                blind: bool = True, noisy: np.ndarray | None = None, units=1.0):
     """:func:`fuse` every image and channel of a batch, in place.
 
     Parameters
@@ -348,25 +358,35 @@ def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.nd
     network : nnx.Module
         The network that made ``predictions`` (for ``D``).
     images, predictions : ndarray, shape (N, *spatial, C)
-        Normalised images and the network's predictions of them.
+        Normalised images (the network's input) and the network's
+        predictions of them.
     std : ndarray, optional
         The predictions' per-pixel standard deviation; scaled by ``1 - w``,
         since the noisy image is fixed.
     blind : bool
         Whether ``network`` was trained by blind-spot masking (see :func:`fuse`).
+    noisy : ndarray, optional
+        ``images`` on the predictions' scale, when the network's output is
+        normalised differently from its input (a ``care`` model's targets).
+    units : float or ndarray, shape (C,)
+        The output scale divided by the input scale, per channel: one step
+        of the input is ``1 / units`` steps of ``noisy``, which rescales
+        ``D``.
 
     Returns
     -------
     mean_weight : float
         The mean weight of the noisy images (0: the predictions unchanged).
     """
+    noisy = images if noisy is None else noisy
+    units = np.broadcast_to(np.asarray(units, np.float64), (images.shape[-1],))
     weights = []
     for n in range(images.shape[0]):
         # Image by image, so that a stack gives the same result whole or plane by plane.
         centre_weight = divergence(network, images[n:n + 1])
         for c in range(images.shape[-1]):
             at = (n, ..., c)
-            predictions[at], weight = fuse(images[at], predictions[at], centre_weight, blind)
+            predictions[at], weight = fuse(noisy[at], predictions[at], centre_weight * units[c], blind)
             if std is not None:
                 std[at] *= 1.0 - weight
             weights.append(weight.mean())

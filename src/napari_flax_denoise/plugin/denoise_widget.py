@@ -35,8 +35,9 @@ class DenoiseWidget(Container):
         self.tta = CheckBox(text="Test-time augmentation (8 passes, better)")
         self.uncertainty = CheckBox(text="Add an uncertainty layer (uses TTA)")
         self.fusion = CheckBox(text="Fuse with the noisy pixels", value=True,
-                               tooltip="Weigh each noisy pixel back in where the noise allows; restores detail "
-                                       "that blind-spot models blur and that any model smooths at weak noise.")
+                               tooltip="Weigh each noisy pixel back in where the noise allows (n2v / n2v2 "
+                                       "models and general-2d): restores detail that blind-spot models blur "
+                                       "and that general-2d smooths at weak noise.")
         self.info = Label(value="")
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
