@@ -294,8 +294,9 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         # Fusion mixes the noisy image into the prediction, so both must be on the prediction's scale:
         # a care model's targets have their own normalisation (a care model's output fused on the
         # input's scale fell from 25.1 to 19.8 dB).
-        noisy = output_norm.apply(input_norm.undo(x))
-        units = np.float32(output_norm.scale) / np.float32(input_norm.scale)
+        same = input_norm == output_norm  # n2v / n2v2 and per-image models: no copy of a large stack
+        noisy = x if same else output_norm.apply(input_norm.undo(x))
+        units = 1.0 if same else np.float32(output_norm.scale) / np.float32(input_norm.scale)
         fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy, units=units)
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
     if fold:  # back from one-channel images to channels
