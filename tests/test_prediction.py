@@ -5,7 +5,8 @@ from napari_flax_denoise import Config, denoise, psnr
 from napari_flax_denoise.checkpoint import TrainedModel, build_network
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.normalization import Normalization
-from napari_flax_denoise.prediction import _forward
+from napari_flax_denoise.model import halo
+from napari_flax_denoise.prediction import _forward, _tile_spans, default_tile_shape, edge_margin
 
 from conftest import RecordingArray
 
@@ -33,6 +34,24 @@ def test_new_image_size_does_not_recompile():
     compiled = _forward._cache_size()
     denoise(np.random.rand(130, 70).astype(np.float32), model, axes="YX", tile_shape=(96, 96))
     assert _forward._cache_size() == compiled
+
+
+@pytest.mark.parametrize("shape,dims", [((2048, 2048), 2), ((1200, 1200), 2), ((2304, 2304), 2), ((2560, 2160), 2),
+                                        ((1392, 1040), 2), ((5000, 300), 2), ((64, 256, 256), 3)])
+def test_default_tiles_cover_the_image_with_little_to_spare(shape, dims):
+    # Full-size tiles on a 1200-pixel side computed 3.3x the image's pixels; tiles of equal size, 1.14x.
+    # In 3D the halo of 32 voxels on every side of a tile of at most 160 keeps the waste high (4.4x before, 3.6x).
+    config = Config(dims=dims)
+    tile_shape = default_tile_shape(shape, config)
+    h, margin = halo(config), edge_margin(halo(config), 2**config.depth)
+    computed = 1
+    for size, tile in zip(shape, tile_shape):
+        spans = _tile_spans(size + 2 * margin, tile, h)
+        assert spans[-1][0] + spans[-1][1] == size + 2 * margin  # the last tile reaches the far edge
+        computed *= len(spans) * tile
+    cap = default_tile_shape((10**5,) * dims, config)
+    assert all(t <= c for t, c in zip(tile_shape, cap))
+    assert computed / np.prod(shape) < (1.25 if dims == 2 else 4.0)
 
 
 @pytest.mark.parametrize("axes,shape", [("YX", (40, 50)), ("TYX", (3, 40, 50)), ("YXT", (40, 50, 2)),

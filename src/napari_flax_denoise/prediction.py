@@ -83,10 +83,15 @@ def edge_margin(halo: int, grid: int) -> int:
 
 
 def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
-    """Tile shape for an image: the whole image (with its margins) rounded up if small, else the cap.
+    """Tile shape for an image: the whole image (with its margins) rounded up if small,
+    else the fewest tiles under the cap, made just large enough to cover it.
 
     In 2D the cap is 1024 (CPU) or 512 (accelerators) plus the overlap, so a
-    2048-pixel side takes two or four tiles with no pixels to spare.
+    2048-pixel side takes two or four tiles with no pixels to spare. A side
+    between caps gets tiles of equal size rather than full tiles whose last
+    one reaches far past the image: on a 1200-pixel side, two tiles of 640
+    instead of two of 1088. Sizes are rounded to a step (64 pixels in 2D, 16
+    in 3D), so images of similar sizes share one compiled tile.
     """
     dims, halo = config.dims, network_halo(config)
     caps = (_TILE_CAP_CPU if jax.default_backend() == "cpu" else _TILE_CAP)[dims]
@@ -94,7 +99,13 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
     if dims == 2:
         caps = tuple(cap + 2 * halo for cap in caps)
     margin = edge_margin(halo, 2**config.depth)
-    return tuple(min(cap, -(-(s + 2 * margin) // step) * step) for s, cap in zip(spatial_shape, caps))
+    shape = []
+    for size, cap in zip(spatial_shape, caps):
+        size += 2 * margin
+        count = 1 if size <= cap else -(-(size - 2 * halo) // (cap - 2 * halo))
+        tile = -(-(size + 2 * halo * (count - 1)) // count)  # count tiles overlapping by 2 * halo cover size
+        shape.append(min(cap, -(-tile // step) * step))
+    return tuple(shape)
 
 
 def _check_tiling(tile_shape, overlap, spatial_shape, config):
