@@ -87,6 +87,31 @@ def inference(config, shape, axes, peak, repeats=2):
             "useful_gflops": fpp * pixels / seconds / 1e9, "fraction_of_matmul_peak": fpp * pixels / seconds / 1e9 / peak}
 
 
+def tiling_speed(config, shapes, rounds=3):
+    """End-to-end ``denoise`` time with the default tiles against full-size tiles
+    (the cap on every axis, what the default was before), alternating, best of
+    ``rounds`` each; images whose sides fall between the caps show the difference."""
+    model = random_model(config)
+    cap = default_tile_shape((10**5,) * config.dims, config)
+    rows = []
+    for shape in shapes:
+        image = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
+        tiles = {"default": default_tile_shape(shape, config), "full": cap}
+        times = {k: [] for k in tiles}
+        for name, tile in tiles.items():  # compile both first
+            denoise(image, model, axes="YX", tile_shape=tile)
+        for _ in range(rounds):
+            for name, tile in tiles.items():
+                start = time.perf_counter()
+                denoise(image, model, axes="YX", tile_shape=tile)
+                times[name].append(time.perf_counter() - start)
+        best = {k: min(v) for k, v in times.items()}
+        rows.append({"shape": list(shape), "tile_shape": list(tiles["default"]), "full_tile_shape": list(cap),
+                     "mpix_per_s": image.size / best["default"] / 1e6,
+                     "full_mpix_per_s": image.size / best["full"] / 1e6, "speedup": best["full"] / best["default"]})
+    return rows
+
+
 def training_speed(config, steps):
     image = np.random.default_rng(2).normal(100, 20, (512, 512)).astype(np.float32)
     targets = None if config.self_supervised else image  # supervised speed: any target will do
@@ -291,6 +316,15 @@ def markdown(results):
         shape = "x".join(map(str, r["shape"]))
         lines.append(f"| {r['algorithm']} {r['dims']}D, {shape} | {r['kflop_per_pixel']:.0f} | {r['mpix_per_s']:.3f} "
                      f"| {r['useful_gflops']:.0f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
+    if speed.get("tiling"):
+        lines.append("")
+        lines.append("| n2v2 2D image | default tiles (equal size) | MPix/s | full-size tiles (the old default) | "
+                     "MPix/s | speed-up |")
+        lines.append("|---|---|---|---|---|---|")
+        for r in speed["tiling"]:
+            lines.append(f"| {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['tile_shape']))} | "
+                         f"{r['mpix_per_s']:.3f} | {'x'.join(map(str, r['full_tile_shape']))} | "
+                         f"{r['full_mpix_per_s']:.3f} | {r['speedup']:.2f}x |")
     lines.append("")
     lines.append("| training (default net) | patch | batch | steps/s |")
     lines.append("|---|---|---|---|")
@@ -406,6 +440,9 @@ def main():
                       inference(Config(dims=3), (16, 64, 64) if quick else (32, 128, 128), "ZYX", peak, 1)]
     for r in inference_rows:
         print(json.dumps(r), flush=True)
+    tiling_rows = tiling_speed(n2v2, [(512, 512)] if quick else [(1200, 1200), (2304, 2304), (2560, 2160)])
+    for r in tiling_rows:
+        print(json.dumps(r), flush=True)
     # Ours and PyTorch alternate over a few rounds and each keeps its best: this machine's
     # speed drifts by 5-10% within minutes, and one slow moment should not decide the ratio.
     training_rows, peer = None, None
@@ -418,7 +455,7 @@ def main():
             peer = fresh
     for r in training_rows:
         print(json.dumps(r), flush=True)
-    speed = {"matmul_gflops": peak, "inference": inference_rows, "training": training_rows}
+    speed = {"matmul_gflops": peak, "inference": inference_rows, "tiling": tiling_rows, "training": training_rows}
     if peer is not None:
         ours_tile = tile_speed(n2v)
         ours_care = next(r["steps_per_s"] for r in training_rows if r["algorithm"] == "care")
@@ -432,6 +469,8 @@ def main():
     if args.speed_only:
         old = json.loads(Path(args.output).read_text())
         results.update(quality=old.get("quality"), quality_date=old.get("quality_date", old["date"]))
+        if old.get("long"):
+            results["long"] = old["long"]
         if old.get("peers"):
             _, fresh = run_peers({}, [], 0, [], [])  # no images: CAREamics' prediction speed only
             results["peers"] = {**old["peers"], "speed": fresh["speed"]} if fresh else old["peers"]
