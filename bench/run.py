@@ -98,7 +98,7 @@ def tiling_speed(config, shapes, rounds=3):
         image = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
         tiles = {"default": default_tile_shape(shape, config), "full": cap}
         times = {k: [] for k in tiles}
-        for name, tile in tiles.items():  # compile both first
+        for tile in tiles.values():  # compile both first
             denoise(image, model, axes="YX", tile_shape=tile)
         for _ in range(rounds):
             for name, tile in tiles.items():
