@@ -31,7 +31,8 @@ from napari_flax_denoise.checkpoint import TrainedModel, build_network  # noqa: 
 from napari_flax_denoise import convolution  # noqa: E402
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
 from napari_flax_denoise.normalization import Normalization  # noqa: E402
-from napari_flax_denoise.prediction import default_tile_shape  # noqa: E402
+from napari_flax_denoise.model import halo as network_halo  # noqa: E402
+from napari_flax_denoise.prediction import _TILE_CAP_CPU, _TILE_STEP, default_tile_shape, edge_margin  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -92,24 +93,42 @@ def tiling_speed(config, shapes, rounds=3):
     (the cap on every axis, what the default was before), alternating, best of
     ``rounds`` each; images whose sides fall between the caps show the difference."""
     model = random_model(config)
-    cap = default_tile_shape((10**5,) * config.dims, config)
+    axes = "ZYX"[-config.dims:]
     rows = []
     for shape in shapes:
         image = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
-        tiles = {"default": default_tile_shape(shape, config), "full": cap}
+        tiles = {"default": default_tile_shape(shape, config), "full": full_tiles(shape, config)}
         times = {k: [] for k in tiles}
         for tile in tiles.values():  # compile both first
-            denoise(image, model, axes="YX", tile_shape=tile)
+            denoise(image, model, axes=axes, tile_shape=tile)
         for _ in range(rounds):
             for name, tile in tiles.items():
                 start = time.perf_counter()
-                denoise(image, model, axes="YX", tile_shape=tile)
+                denoise(image, model, axes=axes, tile_shape=tile)
                 times[name].append(time.perf_counter() - start)
         best = {k: min(v) for k, v in times.items()}
-        rows.append({"shape": list(shape), "tile_shape": list(tiles["default"]), "full_tile_shape": list(cap),
-                     "mpix_per_s": image.size / best["default"] / 1e6,
+        rows.append({"dims": config.dims, "shape": list(shape), "tile_shape": list(tiles["default"]),
+                     "full_tile_shape": list(tiles["full"]), "mpix_per_s": image.size / best["default"] / 1e6,
                      "full_mpix_per_s": image.size / best["full"] / 1e6, "speedup": best["full"] / best["default"]})
     return rows
+
+
+def full_tiles(shape, config):
+    """The old default tile shape: per axis the whole side (margins added, rounded
+    up to the step) or, if longer, the CPU cap."""
+    halo = network_halo(config)
+    margin = edge_margin(halo, 2**config.depth)
+    caps = [c + 2 * halo if config.dims == 2 else c for c in _TILE_CAP_CPU[config.dims]]
+    step = _TILE_STEP[config.dims]
+    return tuple(min(cap, -(-(s + 2 * margin) // step) * step) for s, cap in zip(shape, caps))
+
+
+def all_tiling_speeds(quick):
+    """:func:`tiling_speed` of the n2v2 network on 2D images and 3D stacks whose sides fall between the caps."""
+    if quick:
+        return tiling_speed(Config(), [(512, 512)], rounds=1)
+    return (tiling_speed(Config(), [(1200, 1200), (2304, 2304), (2560, 2160)])
+            + tiling_speed(Config(dims=3), [(64, 256, 256), (300, 128, 128)], rounds=2))
 
 
 def training_speed(config, steps):
@@ -318,11 +337,14 @@ def markdown(results):
                      f"| {r['useful_gflops']:.0f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
     if speed.get("tiling"):
         lines.append("")
-        lines.append("| n2v2 2D image | default tiles (equal size) | MPix/s | full-size tiles (the old default) | "
+        lines.append(f"Default tiles against the full-size tiles that were the default before (same process, "
+                     f"alternating, best of 2-3 each{', measured ' + speed['tiling_date'] if speed.get('tiling_date') else ''}):\n")
+        lines.append("| n2v2, image | default tiles | MPix/s | full-size tiles (the old default) | "
                      "MPix/s | speed-up |")
         lines.append("|---|---|---|---|---|---|")
         for r in speed["tiling"]:
-            lines.append(f"| {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['tile_shape']))} | "
+            lines.append(f"| {r.get('dims', 2)}D, {'x'.join(map(str, r['shape']))} | "
+                         f"{'x'.join(map(str, r['tile_shape']))} | "
                          f"{r['mpix_per_s']:.3f} | {'x'.join(map(str, r['full_tile_shape']))} | "
                          f"{r['full_mpix_per_s']:.3f} | {r['speedup']:.2f}x |")
     lines.append("")
@@ -413,12 +435,20 @@ def main():
                              "(with CAREamics' prediction speed, measured again)")
     parser.add_argument("--steps", type=int, default=150, help="training steps of n2v2 and care per image")
     parser.add_argument("--images", nargs="+", default=["camera", "cell"], choices=["camera", "cell", "coins"])
+    parser.add_argument("--tiling-only", action="store_true",
+                        help="only redo the tiling comparison, keeping the rest of the existing results file")
     parser.add_argument("--long", type=int, metavar="STEPS",
                         help="only redo the longer-budget curves of n2v2 from scratch (this many steps), keeping "
                              "the rest of the existing results file")
     parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
     quick = args.quick
+    if args.tiling_only:
+        results = json.loads(Path(args.output).read_text())
+        results["speed"]["tiling"] = all_tiling_speeds(quick)
+        results["speed"]["tiling_date"] = time.strftime("%Y-%m-%d %H:%M")
+        write(results, args.output)
+        return
     if args.long:
         results = json.loads(Path(args.output).read_text())
         images = {k: v for k, v in test_images(256).items() if k in args.images}
@@ -440,7 +470,7 @@ def main():
                       inference(Config(dims=3), (16, 64, 64) if quick else (32, 128, 128), "ZYX", peak, 1)]
     for r in inference_rows:
         print(json.dumps(r), flush=True)
-    tiling_rows = tiling_speed(n2v2, [(512, 512)] if quick else [(1200, 1200), (2304, 2304), (2560, 2160)])
+    tiling_rows = all_tiling_speeds(quick)
     for r in tiling_rows:
         print(json.dumps(r), flush=True)
     # Ours and PyTorch alternate over a few rounds and each keeps its best: this machine's

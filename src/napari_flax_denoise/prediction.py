@@ -40,6 +40,9 @@ from .normalization import Normalization
 _TILE_CAP = {2: (512, 512), 3: (96, 160, 160)}
 _TILE_CAP_CPU = {2: (1024, 1024), 3: (96, 160, 160)}
 _TILE_STEP = {2: 64, 3: 16}
+# A 3D tile may be longer than the cap on one axis if it is shorter on another: its
+# voxels stay within the cap's, and the 32-voxel halo on each side wastes less.
+_TILE_LONGEST_3D = (160, 320, 320)
 
 run_cpu_steps_inline()  # before JAX makes its CPU backend; see cpu_runtime
 
@@ -99,6 +102,8 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
     if dims == 2:
         caps = tuple(cap + 2 * halo for cap in caps)
     margin = edge_margin(halo, 2**config.depth)
+    if dims == 3:
+        return _fewest_voxels([s + 2 * margin for s in spatial_shape], int(np.prod(caps)), halo, step)
     shape = []
     for size, cap in zip(spatial_shape, caps):
         size += 2 * margin
@@ -106,6 +111,20 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
         tile = -(-(size + 2 * halo * (count - 1)) // count)  # count tiles overlapping by 2 * halo cover size
         shape.append(min(cap, -(-tile // step) * step))
     return tuple(shape)
+
+
+def _fewest_voxels(sizes, budget: int, halo: int, step: int) -> tuple[int, ...]:
+    """The 3D tile shape (multiples of ``step``, at most ``budget`` voxels) whose
+    tiles compute the fewest voxels over an image of ``sizes`` (margins included);
+    of equal costs, the larger tile."""
+    options = []
+    for size, longest in zip(sizes, _TILE_LONGEST_3D):
+        top = min(longest, -(-size // step) * step)
+        options.append([(t, t if size <= t else (-(-(size - t) // (t - 2 * halo)) + 1) * t)
+                        for t in range(min(2 * halo + step, top), top + 1, step)])
+    best = min((c for c in itertools.product(*options) if np.prod([t for t, _ in c]) <= budget),
+               key=lambda c: (np.prod([cost for _, cost in c]), -np.prod([t for t, _ in c])))
+    return tuple(int(t) for t, _ in best)
 
 
 def _check_tiling(tile_shape, overlap, spatial_shape, config):
