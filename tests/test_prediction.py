@@ -6,7 +6,8 @@ from napari_flax_denoise.checkpoint import TrainedModel, build_network
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.normalization import Normalization
 from napari_flax_denoise.model import halo
-from napari_flax_denoise.prediction import _TILE_CAP_CPU, _forward, _tile_spans, default_tile_shape, edge_margin
+from napari_flax_denoise.prediction import (_TILE_CAP_CPU, _check_tiling, _forward, _tile_spans,
+                                            default_tile_shape, edge_margin)
 
 from conftest import RecordingArray
 
@@ -52,6 +53,14 @@ def test_default_tiles_cover_the_image_with_little_to_spare(shape, dims, waste):
     assert np.prod(tile_shape) <= np.prod(cap)  # no more voxels than the cap: memory stays bounded
     if dims == 2:
         assert all(t <= c for t, c in zip(tile_shape, cap))
+
+
+def test_deep_3d_model_on_a_large_stack_asks_for_tiles():
+    # Depth 4 needs a halo of 160 voxels on every side, more than a 3D tile under the cap can hold.
+    config = Config(dims=3, depth=4)
+    shape = (200, 400, 400)
+    with pytest.raises(UserInputError, match="Tile size"):
+        _check_tiling(default_tile_shape(shape, config), None, shape, config)
 
 
 @pytest.mark.parametrize("axes,shape", [("YX", (40, 50)), ("TYX", (3, 40, 50)), ("YXT", (40, 50, 2)),

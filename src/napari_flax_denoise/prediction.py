@@ -93,8 +93,10 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
     2048-pixel side takes two or four tiles with no pixels to spare. A side
     between caps gets tiles of equal size rather than full tiles whose last
     one reaches far past the image: on a 1200-pixel side, two tiles of 640
-    instead of two of 1088. Sizes are rounded to a step (64 pixels in 2D, 16
-    in 3D), so images of similar sizes share one compiled tile.
+    instead of two of 1088. In 3D a tile keeps the cap's volume but takes the
+    shape whose tiles compute the fewest voxels (:func:`_fewest_voxels`).
+    Sizes are rounded to a step (64 pixels in 2D, 16 in 3D), so images of
+    similar sizes share one compiled tile.
     """
     dims, halo = config.dims, network_halo(config)
     caps = (_TILE_CAP_CPU if jax.default_backend() == "cpu" else _TILE_CAP)[dims]
@@ -103,7 +105,7 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
         caps = tuple(cap + 2 * halo for cap in caps)
     margin = edge_margin(halo, 2**config.depth)
     if dims == 3:
-        return _fewest_voxels([s + 2 * margin for s in spatial_shape], int(np.prod(caps)), halo, step)
+        return _fewest_voxels([s + 2 * margin for s in spatial_shape], caps, halo, step)
     shape = []
     for size, cap in zip(spatial_shape, caps):
         size += 2 * margin
@@ -113,17 +115,21 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _fewest_voxels(sizes, budget: int, halo: int, step: int) -> tuple[int, ...]:
-    """The 3D tile shape (multiples of ``step``, at most ``budget`` voxels) whose
+def _fewest_voxels(sizes, caps, halo: int, step: int) -> tuple[int, ...]:
+    """The 3D tile shape (multiples of ``step``, at most as many voxels as ``caps``) whose
     tiles compute the fewest voxels over an image of ``sizes`` (margins included);
-    of equal costs, the larger tile."""
+    of equal costs, the larger tile. A tile no longer than twice the halo cannot
+    be one of several along an axis; where no shape fits (a deep network's
+    halo), the caps are returned and :func:`_check_tiling` says what to do."""
     options = []
     for size, longest in zip(sizes, _TILE_LONGEST_3D):
         top = min(longest, -(-size // step) * step)
-        options.append([(t, t if size <= t else (-(-(size - t) // (t - 2 * halo)) + 1) * t)
+        options.append([(t, t if size <= t else np.inf if t <= 2 * halo else (-(-(size - t) // (t - 2 * halo)) + 1) * t)
                         for t in range(min(2 * halo + step, top), top + 1, step)])
-    best = min((c for c in itertools.product(*options) if np.prod([t for t, _ in c]) <= budget),
-               key=lambda c: (np.prod([cost for _, cost in c]), -np.prod([t for t, _ in c])))
+    best = min((c for c in itertools.product(*options) if np.prod([t for t, _ in c]) <= np.prod(caps)),
+               key=lambda c: (np.prod([cost for _, cost in c]), -np.prod([t for t, _ in c])), default=None)
+    if best is None:  # nothing fits: the caps, as before
+        return tuple(min(cap, -(-size // step) * step) for size, cap in zip(sizes, caps))
     return tuple(int(t) for t, _ in best)
 
 
