@@ -229,8 +229,8 @@ def quality(images, noise_names, steps, curve_every, careamics_noises):
     trained on the *other* images with the same noise.
 
     Returns the rows, the peers' versions and timings, and example crops."""
-    rng = np.random.default_rng(0)
-    noisy_sets = {name: noisy_versions(clean, rng) for name, clean in images.items()}
+    # Each image draws its noise from its own seed, so a run on one image gives the same curves as a run on several.
+    noisy_sets = {name: noisy_versions(clean, np.random.default_rng(0)) for name, clean in images.items()}
     base = Config(epochs=1, steps_per_epoch=steps, val_fraction=0.0, learning_rate=2e-3)
     marks = set(range(curve_every, steps + 1, curve_every))
     peer_arrays, peers = run_peers(noisy_sets, noise_names, steps, marks, careamics_noises)
@@ -295,8 +295,8 @@ def long_curves(images, noise_names, steps):
     warm-up + cosine schedule over all of them), scored at eight points, with
     non-local means on the same noisy image for comparison (the same noise as
     :func:`quality` draws for these images)."""
-    rng = np.random.default_rng(0)
-    noisy_sets = {name: noisy_versions(clean, rng) for name, clean in images.items()}
+    # Each image draws its noise from its own seed, so a run on one image gives the same curves as a run on several.
+    noisy_sets = {name: noisy_versions(clean, np.random.default_rng(0)) for name, clean in images.items()}
     config = Config(epochs=1, steps_per_epoch=steps, val_fraction=0.0, learning_rate=2e-3)
     rows = []
     for noise in noise_names:
@@ -452,8 +452,11 @@ def main():
     if args.long:
         results = json.loads(Path(args.output).read_text())
         images = {k: v for k, v in test_images(256).items() if k in args.images}
-        results["long"] = {"steps": args.long, "date": time.strftime("%Y-%m-%d"),
-                           "rows": long_curves(images, ["gauss25", "gauss15", "gauss50", "poisson30"], args.long)}
+        rows = long_curves(images, ["gauss25", "gauss15", "gauss50", "poisson30"], args.long)
+        old = results.get("long") or {}
+        if old.get("steps") == args.long:  # keep the other images' curves of the same budget
+            rows = [r for r in old["rows"] if r["image"] not in images] + rows
+        results["long"] = {"steps": args.long, "date": time.strftime("%Y-%m-%d"), "rows": rows}
         write(results, args.output)
         return
     if args.quality_only:
