@@ -88,10 +88,12 @@ def test_image_in_the_corner_of_a_larger_tile_gives_its_own_result(algorithm, di
 
 @pytest.mark.parametrize("x_shape, kernel_shape", [((3, 9, 7, 8), (3, 3, 8, 4)), ((2, 5, 8, 7, 3), (3, 3, 3, 3, 4)),
                                                   ((2, 6, 5, 1), (3, 3, 1, 2)), ((1, 7, 4, 300, 2), (3, 3, 3, 2, 3)),
-                                                  ((2, 4, 5, 6, 8), (3, 3, 3, 8, 3))])
+                                                  ((2, 4, 5, 6, 8), (3, 3, 3, 8, 3)), ((1, 9, 11, 4), (3, 3, 4, 5)),
+                                                  ((1, 8, 6, 5), (3, 3, 5, 2))])
 def test_cpu_convolution_and_its_gradients_match_xla(x_shape, kernel_shape):
-    """The CPU route is exact: packed Z-planes for 3D (3 rows of 3 planes in the fourth case), the flat
-    kernel gradient (8 input channels, 2D and 3D), XLA's for fewer."""
+    """The CPU route is exact: packed Z-planes for 3D (3 rows of 3 planes in the fourth case), the shifted
+    sum for at most 6 input channels (2D, and each Z-tap in 3D), the flat kernel gradient (8 input
+    channels, 2D and 3D), XLA's for fewer."""
     from napari_flax_denoise.convolution import _conv_cpu, conv_native
 
     rng = np.random.default_rng(2)

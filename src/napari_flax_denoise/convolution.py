@@ -15,6 +15,9 @@ There :func:`conv_same` is a ``custom_vjp``:
   16 patches of 64x64 ran 1.36x faster with it, a 3D one of 8 patches of
   32^3 1.7x (a layer with fewer than 8 input channels keeps XLA's, which is
   faster there);
+* a convolution of at most 6 input channels (the first layer) is a sum of
+  shifted copies of its input (see :func:`_shifted_sum`), where XLA's ran
+  at about 10 GFLOP/s;
 * everything else is XLA's own gradient.
 """
 
@@ -33,6 +36,10 @@ _MIN_FLAT_CHANNELS = 8
 
 # Width (pixels) of the rows of packed Z-planes in the 3D route; see _forward.
 _PACKED_WIDTH = 1088
+
+# Up to this many input channels a 2D convolution is a sum of shifted, scaled copies
+# of its input; see _shifted_sum. With 8 both routes took the same time.
+_SHIFTED_MAX_CHANNELS = 6
 
 
 def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -63,7 +70,7 @@ def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
     as separate planes.
     """
     if kernel.ndim == 4:
-        return conv_native(x, kernel)
+        return _conv_2d(x, kernel)
     n, z, y, w, channels = x.shape
     reach = kernel.shape[0] // 2
     rows = -(-z // max(1, min(z, _PACKED_WIDTH // (w + 1))))
@@ -75,10 +82,36 @@ def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
     out = None
     for dz in range(kernel.shape[0]):
         part = jax.lax.slice_in_dim(packed, dz * (w + 1), (dz + per_row) * (w + 1), axis=2)
-        term = conv_native(part, kernel[dz])
+        term = _conv_2d(part, kernel[dz])
         out = term if out is None else out + term
     out = out.reshape(n, rows, y, per_row, w + 1, kernel.shape[-1])[..., :w, :]
     return jnp.moveaxis(out, 3, 2).reshape(n, rows * per_row, y, w, kernel.shape[-1])[:, :z]
+
+
+def _conv_2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """XLA's 2D convolution, or the shifted sum for few input channels."""
+    if kernel.shape[-2] <= _SHIFTED_MAX_CHANNELS:
+        return _shifted_sum(x, kernel)
+    return conv_native(x, kernel)
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'SAME' 2D convolution as a sum over the kernel's taps of shifted copies of ``x`` times the tap.
+
+    XLA's CPU convolution of a 1-channel 1088x1088 image to 32 channels ran at
+    about 10 GFLOP/s: with the bias and ReLU that follow, 105 ms. XLA fuses
+    this sum, the bias and the ReLU into one pass that writes the output once:
+    39 ms (4 channels: 119 -> 69 ms, 6: 127 -> 88). A whole 1088x1088 tile of
+    the default U-Net ran 1.03-1.07x faster (five in-process A/B runs, alternating).
+    """
+    taps_y, taps_x, channels, _ = kernel.shape
+    xp = jnp.pad(x, ((0, 0), (taps_y // 2, taps_y // 2), (taps_x // 2, taps_x // 2), (0, 0)))
+    y, w = x.shape[1:3]
+    out = None
+    for i, j, c in itertools.product(range(taps_y), range(taps_x), range(channels)):
+        term = xp[:, i:i + y, j:j + w, c:c + 1] * kernel[i, j, c]
+        out = term if out is None else out + term
+    return out
 
 
 @jax.custom_vjp
