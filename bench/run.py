@@ -30,6 +30,7 @@ from napari_flax_denoise import Config, classical_denoise, denoise, evaluate, tr
 from napari_flax_denoise.checkpoint import TrainedModel, build_network  # noqa: E402
 from napari_flax_denoise import convolution  # noqa: E402
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
+from napari_flax_denoise.cpu_runtime import kept_memory  # noqa: E402
 from napari_flax_denoise.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.model import halo as network_halo  # noqa: E402
 from napari_flax_denoise.prediction import _TILE_CAP_CPU, _TILE_STEP, default_tile_shape, edge_margin  # noqa: E402
@@ -181,6 +182,49 @@ def tile_speed(config, tile=512):
     f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
     x = jnp.zeros((1, tile, tile, 1))
     return tile * tile / best_time(lambda: f(state, x).block_until_ready(), 3) / 1e6
+
+
+def layer_speeds(peak, tile=1088):
+    """Each 3x3 convolution of the default 2D U-Net on its own, at its level's size in a
+    ``tile`` x ``tile`` tile, through the route the network takes on this backend (a
+    decoder's first convolution is one per part of its input, as in the network).
+
+    The FLOP-weighted rate of them all is what the network would reach with no other
+    work (bias, ReLU, pooling, upsampling, head) and no tile overlap: a ceiling for
+    inference."""
+    config = Config()
+    net = build_network(config)
+    widths = [config.features * 2**i for i in range(config.depth)]
+    layers = []  # (level, input channels of each part, output channels)
+    for level, block in enumerate(net.encoders):
+        layers += [(level, [block.conv1.in_features], block.conv1.out_features),
+                   (level, [block.conv2.in_features], block.conv2.out_features)]
+    block = net.bottleneck
+    layers += [(config.depth, [block.conv1.in_features], block.conv1.out_features),
+               (config.depth, [block.conv2.in_features], block.conv2.out_features)]
+    for level, block in zip(reversed(range(config.depth)), net.decoders):
+        skip = 0 if (level == 0 and config.use_blurpool) else widths[level]
+        parts = [block.conv1.in_features - skip] + ([skip] if skip else [])
+        layers += [(level, parts, block.conv1.out_features), (level, [block.conv2.in_features], block.conv2.out_features)]
+    f = jax.jit(convolution.conv_same)
+    rng = np.random.default_rng(0)
+    rows, total_flops, total_seconds = [], 0.0, 0.0
+    for level, parts, out in layers:
+        size = tile >> level
+        seconds = 0.0
+        for c in parts:
+            x = jnp.asarray(rng.normal(size=(1, size, size, c)), jnp.float32)
+            k = jnp.asarray(rng.normal(size=(3, 3, c, out)), jnp.float32)
+            with kept_memory():  # as denoise does: an output's pages are reused, not faulted in afresh
+                seconds += best_time(lambda: f(x, k).block_until_ready(), 5)
+        flops = 2 * 9 * sum(parts) * out * size * size
+        rows.append({"level": level, "in": sum(parts), "parts": len(parts), "out": out, "size": size,
+                     "ms": 1e3 * seconds, "gflops": flops / seconds / 1e9})
+        total_flops, total_seconds = total_flops + flops, total_seconds + seconds
+        print(json.dumps(rows[-1]), flush=True)
+    together = total_flops / total_seconds / 1e9
+    return {"tile": tile, "rows": rows, "gflops": together, "fraction_of_matmul_peak": together / peak,
+            "matmul_gflops": peak}
 
 
 NOISES = {**{f"gauss{s}": {"kind": "gauss", "sigma": s} for s in (15, 25, 50)},
@@ -335,6 +379,20 @@ def markdown(results):
         shape = "x".join(map(str, r["shape"]))
         lines.append(f"| {r['algorithm']} {r['dims']}D, {shape} | {r['kflop_per_pixel']:.0f} | {r['mpix_per_s']:.3f} "
                      f"| {r['useful_gflops']:.0f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
+    if speed.get("layers"):
+        layers = speed["layers"]
+        lines.append("")
+        lines.append(f"Each 3x3 convolution of the n2v2 network on its own, at its size in a {layers['tile']}x"
+                     f"{layers['tile']} tile (best of 5; matmul peak {layers['matmul_gflops']:.0f} GFLOP/s when "
+                     f"measured). Together, weighted by their FLOPs, they run at {layers['gflops']:.0f} GFLOP/s, "
+                     f"{100 * layers['fraction_of_matmul_peak']:.0f}% of the peak: the ceiling for the whole network "
+                     "with no other work and no tile overlap.\n")
+        lines.append("| level | channels in -> out | size | ms | GFLOP/s |")
+        lines.append("|---|---|---|---|---|")
+        for r in layers["rows"]:
+            parts = f" (in {r['parts']} parts)" if r["parts"] > 1 else ""
+            lines.append(f"| {r['level']} | {r['in']} -> {r['out']}{parts} | {r['size']} | {r['ms']:.1f} "
+                         f"| {r['gflops']:.0f} |")
     if speed.get("tiling"):
         lines.append("")
         lines.append(f"Default tiles against the full-size tiles that were the default before (same process, "
@@ -440,6 +498,8 @@ def main():
     parser.add_argument("--long", type=int, metavar="STEPS",
                         help="only redo the longer-budget curves of n2v2 from scratch (this many steps), keeping "
                              "the rest of the existing results file")
+    parser.add_argument("--layers-only", action="store_true",
+                        help="only redo the convolution-by-convolution speeds, keeping the rest of the results file")
     parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
     quick = args.quick
@@ -447,6 +507,11 @@ def main():
         results = json.loads(Path(args.output).read_text())
         results["speed"]["tiling"] = all_tiling_speeds(quick)
         results["speed"]["tiling_date"] = time.strftime("%Y-%m-%d %H:%M")
+        write(results, args.output)
+        return
+    if args.layers_only:
+        results = json.loads(Path(args.output).read_text())
+        results["speed"]["layers"] = layer_speeds(matmul_peak())
         write(results, args.output)
         return
     if args.long:
@@ -474,6 +539,7 @@ def main():
     for r in inference_rows:
         print(json.dumps(r), flush=True)
     tiling_rows = all_tiling_speeds(quick)
+    layers = layer_speeds(peak, 256 if quick else 1088)
     for r in tiling_rows:
         print(json.dumps(r), flush=True)
     # Ours and PyTorch alternate over a few rounds and each keeps its best: this machine's
@@ -488,7 +554,8 @@ def main():
             peer = fresh
     for r in training_rows:
         print(json.dumps(r), flush=True)
-    speed = {"matmul_gflops": peak, "inference": inference_rows, "tiling": tiling_rows, "training": training_rows}
+    speed = {"matmul_gflops": peak, "inference": inference_rows, "tiling": tiling_rows, "training": training_rows,
+             "layers": layers}
     if peer is not None:
         ours_tile = tile_speed(n2v)
         ours_care = next(r["steps_per_s"] for r in training_rows if r["algorithm"] == "care")
