@@ -86,6 +86,24 @@ def test_image_in_the_corner_of_a_larger_tile_gives_its_own_result(algorithm, di
     np.testing.assert_allclose(small[region], large[region], atol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm,depth,channels", [("n2v2", 2, 1), ("care", 3, 2), ("n2v", 1, 1)])
+def test_upsampling_inside_the_convolution_gives_the_same_network(algorithm, depth, channels):
+    """Inference's decoder convolves the level below at its own resolution, phase by phase: the same
+    outputs as convolving its upsampled copy, with and without a valid corner."""
+    from napari_flax_denoise.model import conv_upsampled, upsample
+    from napari_flax_denoise.convolution import conv_native
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    np.testing.assert_allclose(conv_upsampled(x, kernel), conv_native(upsample(x, 2), kernel), atol=1e-5)
+    config = Config(algorithm=algorithm, depth=depth, in_channels=channels, out_channels=channels, features=8)
+    net = build_network(config)
+    image = jnp.asarray(rng.normal(size=(2, 48, 40, channels)), jnp.float32)
+    for valid in (None, jnp.asarray([[48, 40], [37, 21]])):
+        np.testing.assert_allclose(net(image, valid, upsample_in_conv=True), net(image, valid), atol=2e-5)
+
+
 @pytest.mark.parametrize("x_shape, kernel_shape", [((3, 9, 7, 8), (3, 3, 8, 4)), ((2, 5, 8, 7, 3), (3, 3, 3, 3, 4)),
                                                   ((2, 6, 5, 1), (3, 3, 1, 2)), ((1, 7, 4, 300, 2), (3, 3, 3, 2, 3)),
                                                   ((2, 4, 5, 6, 8), (3, 3, 3, 8, 3)), ((1, 9, 11, 4), (3, 3, 4, 5)),

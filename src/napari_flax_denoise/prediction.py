@@ -57,7 +57,7 @@ class DenoiseProgress:
 
 @partial(jax.jit, static_argnums=0)
 def _forward(graphdef, state, batch, valid):
-    return nnx.merge(graphdef, state)(batch, valid)
+    return nnx.merge(graphdef, state)(batch, valid, upsample_in_conv=True)
 
 
 def resolve_model(model) -> TrainedModel:
