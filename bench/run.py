@@ -176,12 +176,14 @@ def run_peers(noisy_sets, noise_names, steps, marks, careamics_noises):
 
 
 def tile_speed(config, tile=512):
-    """Forward MPix/s of the bare network on one tile (no tiling overhead)."""
+    """Forward MPix/s of the bare network on one tile (no tiling overhead), called as
+    ``denoise`` calls it (upsampling inside the decoder's convolutions, memory kept)."""
     model = random_model(config)
     graphdef, state = nnx.split(model.network)
-    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, upsample_in_conv=True))
     x = jnp.zeros((1, tile, tile, 1))
-    return tile * tile / best_time(lambda: f(state, x).block_until_ready(), 3) / 1e6
+    with kept_memory():
+        return tile * tile / best_time(lambda: f(state, x).block_until_ready(), 3) / 1e6
 
 
 def layer_speeds(peak, tile=1088):
