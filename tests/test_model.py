@@ -158,3 +158,16 @@ def test_max_blur_pool_matches_its_definition(shape):
         n = m.shape[axis] // 2
         m = sum(w * np.take(padded, range(k, k + 2 * n, 2), axis) for k, w in enumerate((0.25, 0.5, 0.25)))
     np.testing.assert_allclose(max_blur_pool(jnp.asarray(x), dims), m, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 4, 6, 8, 2)])
+def test_max_blur_pool_gradient_is_that_of_its_forward_pass(shape):
+    """The custom gradient (through the phase form) equals autodiff through the block form it replaces."""
+    from napari_flax_denoise.model import _pool_blocks, max_blur_pool
+
+    dims = len(shape) - 2
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(shape[0], *(s // 2 for s in shape[1:-1]), shape[-1])), jnp.float32)
+    grads = [jax.grad(lambda x: (pool(x, dims) * weights).sum())(x) for pool in (max_blur_pool, _pool_blocks)]
+    np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-6)

@@ -10,6 +10,9 @@ checkerboard artefacts of plain Noise2Void.
 
 from __future__ import annotations
 
+import itertools
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,20 +57,21 @@ def conv_upsampled(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
     Each of the four output phases (even or odd row, even or odd column) is a
     2x2 convolution of ``x``: 4/9 of the multiplications, and the upsampled
-    copy is never made. The phases are interleaved afterwards, a reshape that
-    XLA fuses with the bias and ReLU that follow.
+    copy is never made. Phase ``(p, q)`` reads the 2x2 window whose corner is
+    ``(p - 1, q - 1)`` from its pixel, so all four are one 2x2 convolution
+    with four times the output channels over ``x`` padded by one pixel, each
+    phase taking its channels at its own offset; they are interleaved
+    afterwards, a reshape that XLA fuses with the bias and ReLU that follow.
+    One wide convolution ran 1.18-1.46x faster than four narrow ones.
     """
-    phases = []
-    for p in (0, 1):
-        row = []
-        for q in (0, 1):
-            k = _phase_taps(_phase_taps(kernel, 0, p), 1, q)
-            pad = [(1, 0) if p == 0 else (0, 1), (1, 0) if q == 0 else (0, 1)]
-            row.append(jax.lax.conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")))
-        phases.append(jnp.stack(row, 3))  # (N, H, W, q, C)
-    out = jnp.stack(phases, 2)  # (N, H, p, W, q, C)
-    n, h, _, w, _, c = out.shape
-    return out.reshape(n, 2 * h, 2 * w, c)
+    n, h, w, _ = x.shape
+    out = kernel.shape[-1]
+    phases = [(p, q) for p in (0, 1) for q in (0, 1)]
+    taps = jnp.concatenate([_phase_taps(_phase_taps(kernel, 0, p), 1, q) for p, q in phases], axis=-1)
+    wide = jax.lax.conv_general_dilated(x, taps, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    parts = [wide[:, p:p + h, q:q + w, i * out:(i + 1) * out] for i, (p, q) in enumerate(phases)]
+    grid = jnp.stack(parts, 3).reshape(n, h, w, 2, 2, out)  # (N, H, W, p, q, C)
+    return grid.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, out)
 
 
 def pointwise(x: jax.Array, layer: nnx.Conv) -> jax.Array:
@@ -148,6 +152,58 @@ def max_pool(x: jax.Array, dims: int) -> jax.Array:
     return x.reshape(blocks).max(axis=tuple(range(2, 2 * dims + 1, 2)))
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_blur_pool(x: jax.Array, dims: int) -> jax.Array:
+    """Max-blur-pool (N2V2): 2x2 max at stride 1, then a [1 2 1]/4 blur at stride 2.
+
+    Padding is 'SAME'-style (-inf after the end for the max, zeros for the
+    blur); spatial sizes are even. The forward pass computes each output
+    pixel straight from the 4x4 block of ``x`` it depends on (see
+    :func:`_pool_blocks`); the gradient is that of :func:`_pool_phases`.
+    """
+    return _pool_blocks(x, dims)
+
+
+def _pool_forward(x, dims):
+    return _pool_blocks(x, dims), x
+
+
+def _pool_backward(dims, x, grad):
+    return jax.vjp(lambda x: _pool_phases(x, dims), x)[1](grad)
+
+
+max_blur_pool.defvjp(_pool_forward, _pool_backward)
+
+
+def _pool_blocks(x: jax.Array, dims: int) -> jax.Array:
+    """Max-blur-pool from strided slices of ``x`` padded by one -inf and one zero at the end of each axis.
+
+    The two paddings give both of the pooling's paddings at once. XLA makes
+    this two passes over a level's activations (a padded copy with the bias
+    and ReLU before it, then the pooling), where the phase form read them
+    five times: a 1088x1088 n2v2 tile ran 1.02-1.05x faster. Its gradient,
+    through 16 strided slices, trained 1.25x slower, hence the custom VJP.
+    """
+    pad = [(0, 0)] + [(0, 1)] * dims + [(0, 0)]
+    xp = jnp.pad(jnp.pad(x, pad, constant_values=-jnp.inf), pad)
+    half = [s // 2 for s in x.shape[1:-1]]
+
+    def block(offsets):  # xp[2i + offsets] for every output pixel i
+        index = tuple(slice(o, o + 2 * n, 2) for o, n in zip(offsets, half))
+        return xp[(slice(None), *index)]
+
+    weights = (0.25, 0.5, 0.25)
+    out = None
+    for taps in itertools.product(range(3), repeat=dims):
+        peak = None
+        for corner in itertools.product(range(2), repeat=dims):
+            value = block([t + c for t, c in zip(taps, corner)])
+            peak = value if peak is None else jnp.maximum(peak, value)
+        term = float(np.prod([weights[t] for t in taps])) * peak
+        out = term if out is None else out + term
+    return out
+
+
 def _shift_next(x: jax.Array, axis: int, fill: float) -> jax.Array:
     """``x[i + 1]`` along ``axis``, with ``fill`` past the end."""
     pad = [(0, 0)] * x.ndim
@@ -155,15 +211,9 @@ def _shift_next(x: jax.Array, axis: int, fill: float) -> jax.Array:
     return jax.lax.slice_in_dim(jnp.pad(x, pad, constant_values=fill), 1, x.shape[axis] + 1, axis=axis)
 
 
-def max_blur_pool(x: jax.Array, dims: int) -> jax.Array:
-    """Max-blur-pool (N2V2): 2x2 max at stride 1, then a [1 2 1]/4 blur at stride 2.
-
-    Padding is 'SAME'-style (-inf after the end for the max, zeros for the
-    blur); spatial sizes are even. Computed on the 2**dims half-resolution
-    phases of ``x`` (its even and odd rows, columns ...) rather than on
-    shifted full-size copies, which XLA fuses into fewer passes (a 1088x1088
-    n2v2 tile: 1.42 -> 1.47 MPix/s).
-    """
+def _pool_phases(x: jax.Array, dims: int) -> jax.Array:
+    """Max-blur-pool on the 2**dims half-resolution phases of ``x`` (its even and odd rows,
+    columns ...): the form whose gradient XLA computes fastest on CPU."""
     phases = {(): x}
     for axis in range(1, dims + 1):  # split every axis into its even and odd phase
         phases = {key + (p,): jax.lax.slice_in_dim(a, p, None, 2, axis=axis) for key, a in phases.items() for p in (0, 1)}
