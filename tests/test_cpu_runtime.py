@@ -49,3 +49,17 @@ def test_importing_prediction_runs_cpu_steps_inline():
             "print(jax.config.values['jax_cpu_enable_async_dispatch'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("shape,dtype", [((1, 37, 53, 1), "float32"), ((3, 5), "int32"), ((2, 96, 96, 1), "float32")])
+def test_aligned_zeros_start_on_a_64_byte_boundary(shape, dtype):
+    import numpy as np
+
+    from napari_flax_denoise.cpu_runtime import aligned_zeros
+
+    for _ in range(5):  # numpy alone lands 16 bytes past such a boundary for most sizes
+        array = aligned_zeros(shape, dtype)
+        assert array.ctypes.data % 64 == 0
+        assert array.shape == shape and array.dtype == np.dtype(dtype) and array.flags.c_contiguous
+        assert not array.any()
+        array[...] = 1  # writable

@@ -31,6 +31,8 @@ import platform
 import threading
 from contextlib import contextmanager
 
+import numpy as np
+
 # mallopt parameters (malloc.h) and glibc's defaults for them.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
@@ -132,3 +134,21 @@ def kept_memory():
         yield
     finally:
         settings.release()
+
+
+def aligned_zeros(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
+    """A zero array whose data start on an ``alignment``-byte boundary.
+
+    numpy aligns large arrays to 16 bytes. XLA's CPU runtime computed a
+    1072 x 1072 tile of the default U-Net given such an array 40-50 ms
+    (7%) slower than given the same values 64-byte aligned or already on
+    the device (in-process A/B, medians of 6), and ``denoise`` of a
+    2048 x 2048 image took 3.04-3.18 s with its tiles built in these against
+    3.37-3.61 s (4 alternating rounds). Training batches, a few hundred
+    kilobytes, showed no difference.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(size + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + size].view(dtype).reshape(shape)

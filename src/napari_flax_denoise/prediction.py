@@ -24,7 +24,7 @@ from flax import nnx
 
 from .axes import check_image, is_lazy, validate_axes
 from .checkpoint import TrainedModel, load_model
-from .cpu_runtime import kept_memory, run_cpu_steps_inline
+from .cpu_runtime import aligned_zeros, kept_memory, run_cpu_steps_inline
 from .devices import Placement, default_batch_size
 from .embedded import embedded_models, embedded_path, load_embedded
 from .errors import UserInputError
@@ -192,11 +192,11 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
     out = np.empty((*images.shape[:-1], model.config.out_channels), np.float32)
     jobs = [(n, tile) for n in range(images.shape[0]) for tile in itertools.product(*spans)]
     total = -(-len(jobs) // batch_size)
-    blank = np.zeros((batch_size, *tile_shape, images.shape[-1]), np.float32)
     padded_n, padded = -1, None
     for done, first in enumerate(range(0, len(jobs), batch_size), start=1):
         chunk = jobs[first:first + batch_size]
-        batch, valid = blank.copy(), np.zeros((batch_size, len(spatial)), np.int32)
+        batch = aligned_zeros((batch_size, *tile_shape, images.shape[-1]))  # see aligned_zeros
+        valid = np.zeros((batch_size, len(spatial)), np.int32)
         for i, (n, tile) in enumerate(chunk):
             if n != padded_n:  # mirror one image at a time: memory stays at one image
                 padded_n, padded = n, np.pad(images[n], [(margin, margin)] * len(spatial) + [(0, 0)], mode="reflect")
