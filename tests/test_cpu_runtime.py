@@ -3,10 +3,11 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 
 import pytest
 
-from napari_flax_denoise.cpu_runtime import kept_memory
+from napari_flax_denoise.cpu_runtime import kept_memory, release_kept_memory
 
 glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="kept_memory tunes glibc's malloc only")
@@ -34,14 +35,36 @@ def _faults_of_fresh_buffer(megabytes=64):
 
 @glibc_only
 def test_freed_memory_is_reused_inside_and_returned_after():
+    release_kept_memory()
     default = _faults_of_fresh_buffer()  # glibc's default: mmap, and unmap on free
     with kept_memory():
         with kept_memory():  # nested: the inner exit keeps the outer's settings
             pass
         kept = _faults_of_fresh_buffer()
+    between = _faults_of_fresh_buffer()  # just after a job: still kept for the next one
+    release_kept_memory()
     after = _faults_of_fresh_buffer()
     assert kept * 10 < default, (kept, default)
+    assert between * 10 < default, (between, default)
     assert kept * 10 < after, (kept, after)  # the defaults are back
+
+
+@glibc_only
+def test_kept_memory_is_returned_a_moment_after_the_last_job(monkeypatch):
+    import napari_flax_denoise.cpu_runtime as runtime
+
+    monkeypatch.setattr(runtime, "_LINGER_SECONDS", 0.2)
+    release_kept_memory()
+    default = _faults_of_fresh_buffer()
+    with kept_memory():
+        pass
+    with kept_memory():  # a job within the linger keeps the memory
+        time.sleep(0.4)
+        kept = _faults_of_fresh_buffer()
+    time.sleep(1.5)
+    after = _faults_of_fresh_buffer()
+    assert kept * 10 < default, (kept, default)
+    assert kept * 10 < after, (kept, after)
 
 
 def test_importing_prediction_runs_cpu_steps_inline():
