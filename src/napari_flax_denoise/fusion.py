@@ -273,7 +273,7 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float,
     if best is None:
         return mu.copy(), np.zeros_like(mu)
     r = y - mu
-    weight, _ = _weights(r, mu, line, keep, best, table)
+    weight, _ = _weights(r, mu, line, keep, best, table, slope=False)
     return mu + weight * r, weight
 
 
@@ -297,16 +297,18 @@ def _bin_table(samples, line, keep):
     return centres, np.clip(weights, 0.0, 1.0)
 
 
-def _weights(r, mu, line, keep, choice, table):
+def _weights(r, mu, line, keep, choice, table, slope=True):
     """Weights ``w`` of candidate ``choice`` ("bins", or a Gaussian window's sigma), and
-    their derivative with respect to ``y`` divided by ``r``."""
-    v = np.maximum(line[0] * mu + line[1], np.float32(0))
+    (if ``slope``) their derivative with respect to ``y`` divided by ``r``."""
     if choice == "bins":
         centres, weights = table
         weight = np.interp(mu, centres, weights) if len(centres) > 1 else np.full(mu.shape, weights[0])
         return weight.astype(np.float32), np.float32(0)
+    v = np.maximum(line[0] * mu + line[1], np.float32(0))
     local = np.maximum(ndimage.gaussian_filter(r * r, choice, mode="reflect"), np.float32(1e-12))
     weight = np.float32(1.0) - np.float32(keep) * v / local
+    if not slope:  # the final weights of a whole image need no derivative
+        return np.clip(weight, 0.0, 1.0), None
     # d w / d y through the window's own centre term (the window's weight there: `centre`).
     reach = int(4 * choice) + 1
     centre = ndimage.gaussian_filter1d(np.pad([1.0], reach), choice)[reach] ** r.ndim
