@@ -86,3 +86,15 @@ def test_aligned_zeros_start_on_a_64_byte_boundary(shape, dtype):
         assert array.shape == shape and array.dtype == np.dtype(dtype) and array.flags.c_contiguous
         assert not array.any()
         array[...] = 1  # writable
+
+
+def test_a_job_left_open_until_interpreter_shutdown_exits_cleanly():
+    code = ("from napari_flax_denoise.cpu_runtime import kept_memory\n"
+            "def job():\n"
+            "    with kept_memory():\n"
+            "        yield 1\n"
+            "        yield 2\n"
+            "running = job()\n"
+            "next(running)\n")  # never finished: closed while the interpreter shuts down
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -97,7 +98,8 @@ class _Settings:
         self.libc, self.lock, self.users = libc, threading.Lock(), 0
         self.int, self.size = ctypes.c_int, ctypes.c_size_t
         self.keep, self.defaults = _KEEP, _DEFAULTS
-        self.kept, self.timer = False, None
+        self.kept, self.timer, self.timer_class = False, None, threading.Timer
+        self.finalizing = sys.is_finalizing
 
     def _set(self, settings):
         for parameter, value in settings.items():
@@ -114,12 +116,15 @@ class _Settings:
                 self.kept = True
 
     def release(self, linger: float):
+        at_once = self.finalizing()  # no new thread can start while the interpreter shuts down
         with self.lock:
             self.users -= 1
-            if self.users == 0:
-                self.timer = threading.Timer(linger, self.restore)
+            if self.users == 0 and not at_once:
+                self.timer = self.timer_class(linger, self.restore)
                 self.timer.daemon = True
                 self.timer.start()
+        if at_once:
+            self.restore()
 
     def restore(self):
         """glibc's defaults back and idle memory returned, unless a job holds it."""
