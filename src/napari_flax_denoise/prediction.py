@@ -95,8 +95,13 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
     one reaches far past the image: on a 1200-pixel side, two tiles of 640
     instead of two of 1088. In 3D a tile keeps the cap's volume but takes the
     shape whose tiles compute the fewest voxels (:func:`_fewest_voxels`).
-    Sizes are rounded to a step (64 pixels in 2D, 16 in 3D), so images of
-    similar sizes share one compiled tile.
+    A 2D side that fits in one tile is rounded up to 64 pixels, so small
+    images of similar sizes share one compiled tile (a compilation took
+    0.6-0.7 s, more than denoising a 512x512 image). A side cut into several
+    tiles is rounded only to the pooling grid: every pixel a tile computes
+    past the image is wasted, and a large image takes seconds to denoise.
+    2048x2048 gets tiles of 1064 instead of 1088 (4.4% fewer pixels). 3D
+    sizes are rounded to 16 voxels.
     """
     dims, halo = config.dims, network_halo(config)
     caps = (_TILE_CAP_CPU if jax.default_backend() == "cpu" else _TILE_CAP)[dims]
@@ -111,7 +116,8 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
         size += 2 * margin
         count = 1 if size <= cap else -(-(size - 2 * halo) // (cap - 2 * halo))
         tile = -(-(size + 2 * halo * (count - 1)) // count)  # count tiles overlapping by 2 * halo cover size
-        shape.append(min(cap, -(-tile // step) * step))
+        rounding = step if count == 1 else 2**config.depth
+        shape.append(min(cap, -(-tile // rounding) * rounding))
     return tuple(shape)
 
 
