@@ -162,5 +162,5 @@ def test_weights_computed_by_slabs_equal_the_whole_image(sigma):
     smooth = lambda r_, mu_: ndimage.gaussian_filter(r_ * r_, sigma, mode="reflect") + mu_  # noqa: E731
     reach = int(4.0 * sigma + 0.5)
     with ThreadPoolExecutor(2) as pool:
-        np.testing.assert_array_equal(_by_slabs(smooth, (r, mu), reach, pool), smooth(r, mu))
-        assert not np.array_equal(_by_slabs(smooth, (r, mu), reach // 3, pool), smooth(r, mu))  # the reach matters
+        np.testing.assert_array_equal(_by_slabs(smooth, (r, mu), reach, pool, 2), smooth(r, mu))
+        assert not np.array_equal(_by_slabs(smooth, (r, mu), reach // 3, pool, 2), smooth(r, mu))  # the reach matters

@@ -269,7 +269,8 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float,
     caution = np.float32(1.0 + 4.7 / np.sqrt(max(count, 1)))
     table = _bin_table([(y_ - m_, m_) for y_, m_ in samples], line, keep)
     best, best_risk = None, 0.0
-    with ThreadPoolExecutor(_threads()) as pool:  # numpy and scipy release the GIL in these
+    threads = _threads()
+    with ThreadPoolExecutor(threads) as pool:  # numpy and scipy release the GIL in these
         for choice in ("bins", *_WIDTHS) if blind else _WIDTHS:
             gain = np.concatenate(list(pool.map(
                 lambda sample: _gain(sample[0] - sample[1], sample[1], line, keep, choice, table, caution), samples)))
@@ -281,7 +282,7 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float,
         r = y - mu
         reach = 0 if best == "bins" else int(4.0 * best + 0.5)  # scipy's Gaussian radius (truncate=4)
         weight = _by_slabs(lambda r_, mu_: _weights(r_, mu_, line, keep, best, table, slope=False)[0],
-                           (r, mu), reach, pool)
+                           (r, mu), reach, pool, threads)
     return mu + weight * r, weight
 
 
@@ -291,16 +292,17 @@ def _threads() -> int:
     return max(1, min(cores, 8))
 
 
-def _by_slabs(function, arrays, reach: int, pool):
-    """``function(*arrays)`` computed on slabs along the first axis, one per thread, each
-    with ``reach`` more on either side: the same result for a filter that reaches no further.
+def _by_slabs(function, arrays, reach: int, pool, threads: int):
+    """``function(*arrays)`` computed on slabs along the first axis, one per thread of
+    ``pool`` (``threads`` of them), each with ``reach`` more on either side: the same
+    result for a filter that reaches no further.
 
     The full-image weights took 80-106 ms on one core for a 2048 x 2048 image
     (``np.interp`` / ``gaussian_filter``); both release the GIL, and two
     threads halved that.
     """
     size = arrays[0].shape[0]
-    count = min(pool._max_workers, max(1, size // max(4 * reach, 64)))
+    count = min(threads, max(1, size // max(4 * reach, 64)))
     if count == 1:
         return function(*arrays)
     bounds = np.linspace(0, size, count + 1).astype(int)
