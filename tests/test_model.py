@@ -112,17 +112,38 @@ def test_cpu_convolution_and_its_gradients_match_xla(x_shape, kernel_shape):
     """The CPU route is exact: packed Z-planes for 3D (3 rows of 3 planes in the fourth case), the shifted
     sum for at most 6 input channels (2D, and each Z-tap in 3D), the flat kernel gradient (8 input
     channels, 2D and 3D), XLA's for fewer."""
-    from napari_flax_denoise.convolution import _conv_cpu, conv_native
+    from napari_flax_denoise.convolution import conv_native, conv_same
 
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=kernel_shape), jnp.float32)
-    np.testing.assert_allclose(_conv_cpu(x, kernel), conv_native(x, kernel), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(conv_same(x, kernel), conv_native(x, kernel), rtol=1e-5, atol=1e-4)
     weights = jnp.asarray(rng.normal(size=(*x_shape[:-1], kernel_shape[-1])), jnp.float32)  # a non-trivial cotangent
     grads = [jax.jit(jax.grad(lambda x, k: (f(x, k) * weights).sum(), (0, 1)))(x, kernel)
-             for f in (_conv_cpu, conv_native)]
+             for f in (conv_same, conv_native)]
     for ours, native in zip(*grads):
         np.testing.assert_allclose(ours, native, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_gradient_without_padding_needs_and_uses_a_zero_last_column():
+    """With the last column zero in the input and the result's gradient, the unpadded kernel gradient is exact;
+    the promise is what makes it so (broken, the left taps also pick up the previous row's last pixel)."""
+    from napari_flax_denoise.convolution import conv_native, conv_same
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 9, 12, 8)).astype(np.float32)
+    weights = rng.normal(size=(1, 9, 12, 5)).astype(np.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 5)), jnp.float32)
+
+    def kernel_gradients(x, weights):
+        return [jax.jit(jax.grad(lambda k, f=f: (f(x, k) * weights).sum()))(kernel)
+                for f in (lambda x, k: conv_same(x, k, zero_last_column=True), conv_native)]
+
+    x[..., -1, :], weights[..., -1, :] = 0, 0
+    np.testing.assert_allclose(*kernel_gradients(jnp.asarray(x), jnp.asarray(weights)), rtol=1e-4, atol=1e-4)
+    x[..., -1, :] = 1
+    ours, native = kernel_gradients(jnp.asarray(x), jnp.asarray(weights))
+    assert np.abs(ours - native)[:, 0].max() > 0.1 and np.abs(ours - native)[:, 1:].max() < 1e-3
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (2, 9, 7, 3), (1, 4, 6, 8, 2)])

@@ -5,8 +5,8 @@ import pytest
 from flax import nnx
 
 from napari_flax_denoise import Config
-from napari_flax_denoise.model import UNet
-from napari_flax_denoise.packing import pack, packed_apply, per_row, unpack
+from napari_flax_denoise.model import UNet, _excludes_last_column
+from napari_flax_denoise.packing import pack, packed_apply, packed_masks, per_row, unpack
 
 
 @pytest.mark.parametrize("algorithm, dims, shape", [("n2v2", 2, (16, 32, 32, 1)), ("care", 2, (6, 32, 40, 2)),
@@ -41,3 +41,11 @@ def test_pack_round_trip_and_row_width():
     assert per_row(16, 128, 4) == 8
     assert per_row(16, 64, 4, groups=4) == 4  # each device's share packs on its own
     assert per_row(7, 2000, 4) == 1
+
+
+def test_packed_masks_end_every_row_in_a_zero_column():
+    """What lets the network's convolution gradients skip their padded copies (see conv_same)."""
+    masks = packed_masks(64, 16, 4, 2, 4)
+    assert _excludes_last_column(masks)
+    assert not _excludes_last_column([*masks[:-1], np.ones_like(masks[-1])])
+    assert not _excludes_last_column([None] * 3)

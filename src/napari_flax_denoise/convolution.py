@@ -14,7 +14,9 @@ There :func:`conv_same` is a ``custom_vjp``:
   flattened layout (see :func:`_kernel_gradient`): a 2D training step of
   16 patches of 64x64 ran 1.36x faster with it, a 3D one of 8 patches of
   32^3 1.7x (a layer with fewer than 8 input channels keeps XLA's, which is
-  faster there);
+  faster there); when the caller guarantees that the image's last column is
+  zero (the packed training batches of :mod:`.packing`), it needs no padded
+  copies at all (see :func:`_kernel_gradient_rows`);
 * a convolution of at most 6 input channels (the first layer) is a sum of
   shifted copies of its input (see :func:`_shifted_sum`), where XLA's ran
   at about 10 GFLOP/s;
@@ -24,6 +26,7 @@ There :func:`conv_same` is a ``custom_vjp``:
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +45,16 @@ _PACKED_WIDTH = 1088
 _SHIFTED_MAX_CHANNELS = 6
 
 
-def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """'SAME' convolution of a channels-last batch ``x`` with an odd-sized ``kernel`` (spatial..., in, out)."""
+def conv_same(x: jax.Array, kernel: jax.Array, *, zero_last_column: bool = False) -> jax.Array:
+    """'SAME' convolution of a channels-last batch ``x`` with an odd-sized ``kernel`` (spatial..., in, out).
+
+    ``zero_last_column`` is a promise by the caller, used by the gradient on
+    a CPU: ``x`` is zero in the last column (X) of every row, and so is the
+    gradient that will flow back into the result (the caller zeroes the
+    result there, as :class:`~.model.UNet` does with packed masks).
+    """
     if jax.default_backend() == "cpu":
-        return _conv_cpu(x, kernel)
+        return _conv_cpu(x, kernel, zero_last_column)
     return conv_native(x, kernel)
 
 
@@ -114,16 +123,16 @@ def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return out
 
 
-@jax.custom_vjp
-def _conv_cpu(x: jax.Array, kernel: jax.Array) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_cpu(x: jax.Array, kernel: jax.Array, zero_last_column: bool) -> jax.Array:
     return _forward(x, kernel)
 
 
-def _conv_cpu_forward(x, kernel):
+def _conv_cpu_forward(x, kernel, zero_last_column):
     return _forward(x, kernel), (x, kernel)
 
 
-def _conv_cpu_backward(saved, grad):
+def _conv_cpu_backward(zero_last_column, saved, grad):
     x, kernel = saved
     if kernel.ndim == 5:
         # The input gradient is the forward route with the kernel flipped and its channels
@@ -136,7 +145,10 @@ def _conv_cpu_backward(saved, grad):
     if kernel.shape[-2] < _MIN_FLAT_CHANNELS:
         # Few input channels (the first layer): XLA's own kernel gradient was 10x faster there.
         return jax.vjp(conv_native, x, kernel)[1](grad)
-    return jax.vjp(lambda x: conv_native(x, kernel), x)[1](grad)[0], _kernel_gradient(x, grad, kernel.shape)
+    input_gradient = jax.vjp(lambda x: conv_native(x, kernel), x)[1](grad)[0]
+    if zero_last_column and x.shape[0] == 1 and kernel.shape[1] <= 3:  # one zero column covers a reach of 1
+        return input_gradient, _kernel_gradient_rows(x, grad, kernel.shape)
+    return input_gradient, _kernel_gradient(x, grad, kernel.shape)
 
 
 _conv_cpu.defvjp(_conv_cpu_forward, _conv_cpu_backward)
@@ -172,3 +184,30 @@ def _kernel_gradient(x: jax.Array, grad: jax.Array, kernel_shape) -> jax.Array:
     contract = (((0,), (0,)), ((), ()))
     rows = [jax.lax.dot_general(jax.lax.slice_in_dim(flat_x, o, o + length), folded, contract) for o in offsets]
     return jnp.stack(rows).reshape(*taps[:-1], ci, last, co).swapaxes(-2, -3)
+
+
+def _kernel_gradient_rows(x: jax.Array, grad: jax.Array, kernel_shape) -> jax.Array:
+    """:func:`_kernel_gradient` for one 2D image whose last column is zero in ``x`` and ``grad``.
+
+    Flattened row after row, a pixel's left neighbour in column 0 is then the
+    previous row's last column, which is zero as the padding would be; its
+    right neighbour in the last column meets a zero gradient. So no padded
+    copy along X is needed, and along Y only the two row-shifted operands
+    are copies: the middle row of taps takes ``x`` itself. On the default
+    U-Net's three levels of a packed training batch (1088, 544 and 272
+    pixels wide) this ran 1.19-1.26x faster than :func:`_kernel_gradient`.
+    """
+    taps_y, taps_x, ci, co = kernel_shape
+    width = x.shape[2]
+    length = x.shape[1] * width
+    flat_x, flat_grad = x.reshape(length, ci), grad.reshape(length, co)
+    reach_y, reach_x = taps_y // 2, taps_x // 2
+    # folded[q, j * co + o] = grad[q - (j - reach_x), o]: x's pixel q meets tap (., j) there
+    folded = jnp.concatenate(
+        [jnp.pad(flat_grad, ((j, taps_x - 1 - j), (0, 0)))[reach_x:reach_x + length] for j in range(taps_x)], axis=1)
+    rows = jnp.pad(flat_x, ((reach_y * width, reach_y * width), (0, 0)))  # zero rows above and below
+    contract = (((0,), (0,)), ((), ()))
+    products = [jax.lax.dot_general(
+        flat_x if i == reach_y else jax.lax.slice_in_dim(rows, i * width, i * width + length), folded, contract)
+        for i in range(taps_y)]
+    return jnp.stack(products).reshape(taps_y, ci, taps_x, co).swapaxes(1, 2)

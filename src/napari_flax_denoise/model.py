@@ -24,13 +24,14 @@ from .convolution import conv_same
 _KERNEL_INIT = jax.nn.initializers.he_normal()
 
 
-def conv(x: jax.Array, layer: nnx.Conv, parts=None, low=None) -> jax.Array:
+def conv(x: jax.Array, layer: nnx.Conv, parts=None, low=None, zero_last_column: bool = False) -> jax.Array:
     """Apply a 'SAME' convolution ``layer`` to ``x``, or to the channel-concatenation of ``parts``.
 
     Convolving each part with its slice of the kernel and summing gives the
     same result as concatenating first, without materialising the
     concatenation (a large memory copy on CPU). ``low`` (optional, 2D) is a
     first part at half resolution, upsampled 2x (see :func:`conv_upsampled`).
+    ``zero_last_column``: see :func:`.convolution.conv_same`.
     """
     kernel = layer.kernel[...]
     out, start = None, 0
@@ -38,7 +39,7 @@ def conv(x: jax.Array, layer: nnx.Conv, parts=None, low=None) -> jax.Array:
         out, start = conv_upsampled(low, kernel[..., :low.shape[-1], :]), low.shape[-1]
     for part in (x,) if parts is None else parts:
         stop = start + part.shape[-1]
-        term = conv_same(part, kernel[..., start:stop, :])
+        term = conv_same(part, kernel[..., start:stop, :], zero_last_column=zero_last_column)
         out, start = term if out is None else out + term, stop
     return out + layer.bias[...]
 
@@ -101,7 +102,7 @@ class ConvBlock(nnx.Module):
         self.conv1 = nnx.Conv(in_features, mid_features, kernel, kernel_init=_KERNEL_INIT, rngs=rngs)
         self.conv2 = nnx.Conv(mid_features, out_features, kernel, kernel_init=_KERNEL_INIT, rngs=rngs)
 
-    def __call__(self, *parts, mask=None, low=None):
+    def __call__(self, *parts, mask=None, low=None, zero_last_column=False):
         """Apply the block to the channel-concatenation of ``parts``.
 
         ``mask`` (optional, boolean, broadcastable): activations outside it
@@ -109,13 +110,22 @@ class ConvBlock(nnx.Module):
         ``low`` (optional, 2D): an input at half resolution, to be upsampled
         2x and put before ``parts``; the first convolution takes it at its
         own resolution (see :func:`conv_upsampled`).
+        ``zero_last_column``: the parts are zero in the last column of every
+        row and ``mask`` excludes it, so the convolutions' gradients may rely
+        on it (see :func:`.convolution.conv_same`).
         """
-        h = _masked(jax.nn.relu(conv(None, self.conv1, parts, low=low)), mask)
-        return _masked(jax.nn.relu(conv(h, self.conv2)), mask)
+        edge = dict(zero_last_column=zero_last_column)
+        h = _masked(jax.nn.relu(conv(None, self.conv1, parts, low=low, **edge)), mask)
+        return _masked(jax.nn.relu(conv(h, self.conv2, **edge)), mask)
 
 
 def _masked(x: jax.Array, mask) -> jax.Array:
     return x if mask is None else jnp.where(mask, x, 0.0)
+
+
+def _excludes_last_column(masks) -> bool:
+    """Whether every mask is a concrete array that is False in its last column (X)."""
+    return all(isinstance(mask, np.ndarray) and not mask[..., -1, :].any() for mask in masks)
 
 
 def valid_masks(valid: jax.Array, spatial_shape, depth: int) -> list[jax.Array]:
@@ -339,18 +349,21 @@ class UNet(nnx.Module):
         else:
             pooled_masks = masks
         pool = max_blur_pool if self.blurpool else max_pool
+        # Masks that exclude every row's last column (packed batches) keep it at zero in every
+        # layer's input and gradient, which the convolutions' gradients can use.
+        edge = dict(zero_last_column=self.dims == 2 and _excludes_last_column(masks))
         skips, h = [], _masked(x, masks[0])
         for level, encoder in enumerate(self.encoders):
-            h = encoder(h, mask=masks[level])
+            h = encoder(h, mask=masks[level], **edge)
             skips.append(h)
             h = _masked(pool(h, self.dims), pooled_masks[level + 1])
-        h = self.bottleneck(h, mask=masks[self.depth])
+        h = self.bottleneck(h, mask=masks[self.depth], **edge)
         for level, decoder in zip(reversed(range(self.depth)), self.decoders):
             skip = () if level == 0 and self.blurpool else (skips[level],)
             if upsample_in_conv and self.dims == 2:
-                h = decoder(*skip, mask=masks[level], low=h)
+                h = decoder(*skip, mask=masks[level], low=h, **edge)
             else:
-                h = decoder(upsample(h, self.dims), *skip, mask=masks[level])
+                h = decoder(upsample(h, self.dims), *skip, mask=masks[level], **edge)
         out = pointwise(h, self.head)
         if self.residual and out.shape[-1] == x.shape[-1]:
             out = out + x
