@@ -42,3 +42,18 @@ def test_two_devices_train_and_denoise_like_one():
     assert (one["devices"], two["devices"]) == (1, 2)
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-3)
     assert one["out"] == pytest.approx(two["out"], rel=1e-3, abs=1e-2)
+
+
+def test_split_hands_over_a_batch_already_on_the_device():
+    """A step given a NumPy batch may run later on another thread, where its scratch memory is mapped afresh
+    (see cpu_runtime); so split returns device arrays whose copy is complete."""
+    import jax
+    import numpy as np
+
+    from napari_flax_denoise.devices import Placement
+
+    batch = np.random.default_rng(0).normal(size=(16, 64, 64, 1)).astype(np.float32)
+    placed = Placement(16).split(batch)
+    assert isinstance(placed, jax.Array) and placed.is_ready()
+    np.testing.assert_array_equal(np.asarray(placed), batch)
+    assert Placement(16).split(None) is None

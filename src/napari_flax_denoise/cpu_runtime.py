@@ -10,7 +10,15 @@ page faults and over 100 ms of system time. Two things together stop it
 * :func:`run_cpu_steps_inline`: with JAX's asynchronous CPU dispatch off,
   a computation runs on the thread that calls it, so its buffers come from
   that thread's ``malloc`` arena (for the main thread, the one heap glibc can
-  grow without ``mmap``), not from a worker thread's;
+  grow without ``mmap``), not from a worker thread's. That holds only when
+  its inputs are already on the device: given a NumPy array, JAX copies it
+  in the background and runs the computation on one of its own threads once
+  the copy is done, and there glibc maps the step's scratch memory (about
+  290 MB for a training step, more than a thread's heap may hold) afresh
+  each time: up to 34,000 page faults a step (when the copy lost the race),
+  and care trained at
+  3.71-3.99 steps/s against 4.01-4.17 with its batches put on the device
+  first (:meth:`.devices.Placement.split` waits for them);
 * :func:`kept_memory`: while training or denoising, glibc serves large
   blocks from that heap and does not trim it, so the second step reuses the
   first step's pages. A few seconds after the last job leaves (unless
