@@ -16,9 +16,8 @@ page faults and over 100 ms of system time. Two things together stop it
   the copy is done, and there glibc maps the step's scratch memory (about
   290 MB for a training step, more than a thread's heap may hold) afresh
   each time: up to 34,000 page faults a step (when the copy lost the race),
-  and care trained at
-  3.71-3.99 steps/s against 4.01-4.17 with its batches put on the device
-  first (:meth:`.devices.Placement.split` waits for them);
+  and care trained at 3.71-3.99 steps/s against 4.01-4.17 with its batches
+  put on the device first (:meth:`.devices.Placement.split` waits for them);
 * :func:`kept_memory`: while training or denoising, glibc serves large
   blocks from that heap and does not trim it, so the second step reuses the
   first step's pages. A few seconds after the last job leaves (unless
