@@ -149,17 +149,56 @@ def valid_masks(valid: jax.Array, spatial_shape, depth: int) -> list[jax.Array]:
     return masks
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
 def max_pool(x: jax.Array, dims: int) -> jax.Array:
     """2x max-pooling of a channels-last batch ``(N, *spatial, C)`` (a trailing odd row is dropped).
 
-    A maximum over reshaped 2x2 blocks rather than ``reduce_window``: on CPU,
-    XLA differentiates ``reduce_window`` through index arrays and a scatter,
-    which cost about 5% of a training step; the blocks' gradient is elementwise.
+    The maximum of the 2x2(x2) strided slices of ``x`` (one per phase: even
+    or odd along each axis), all elementwise, rather than ``reduce_window``,
+    which XLA's CPU backend differentiates through index arrays and a
+    scatter. The gradient is one pass too (see :func:`_max_pool_gradient`).
     """
-    spatial = x.shape[1:-1]
-    x = x[(slice(None), *[slice(0, s - s % 2) for s in spatial])]
-    blocks = [x.shape[0]] + [n for s in spatial for n in (s // 2, 2)] + [x.shape[-1]]
-    return x.reshape(blocks).max(axis=tuple(range(2, 2 * dims + 1, 2)))
+    return _max_of(_phases(x, dims))
+
+
+def _phases(x: jax.Array, dims: int) -> list[jax.Array]:
+    """``x[:, a::2, b::2, ...]`` for every phase ``(a, b, ...)``, trailing odd rows dropped."""
+    half = [s // 2 for s in x.shape[1:-1]]
+    return [x[(slice(None), *(slice(a, a + 2 * n, 2) for a, n in zip(phase, half)))]
+            for phase in itertools.product(range(2), repeat=dims)]
+
+
+def _max_of(arrays):
+    peak = arrays[0]
+    for a in arrays[1:]:
+        peak = jnp.maximum(peak, a)
+    return peak
+
+
+def _max_pool_forward(x, dims):
+    return max_pool(x, dims), x
+
+
+def _max_pool_gradient(dims, x, grad):
+    """Gradient of :func:`max_pool`: each phase of ``x`` takes ``grad`` where it is its block's maximum.
+
+    One elementwise pass, phases interleaved back; a trailing odd row gets
+    zero. XLA's gradient of the earlier reshaped-block maximum counted the
+    block's ties and divided by them, in three passes. Here a tie gets the
+    whole gradient, as in :func:`_pool_gradient`: after a ReLU ties happen
+    only at zero, where the ReLU's own gradient is zero.
+    """
+    phases = _phases(x, dims)
+    peak = _max_of(phases)
+    parts = [jnp.where(phase == peak, grad, 0.0) for phase in phases]
+    n, c, half = x.shape[0], x.shape[-1], grad.shape[1:-1]
+    grid = jnp.stack(parts, -2).reshape(n, *half, *(2,) * dims, c)  # (N, *half, *phase, C)
+    order = [0] + [i for axis in range(dims) for i in (1 + axis, 1 + dims + axis)] + [1 + 2 * dims]
+    full = grid.transpose(order).reshape(n, *(2 * h for h in half), c)
+    return (jnp.pad(full, [(0, 0)] + [(0, s % 2) for s in x.shape[1:-1]] + [(0, 0)]),)
+
+
+max_pool.defvjp(_max_pool_forward, _max_pool_gradient)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
