@@ -2,10 +2,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from napari_flax_denoise import Config
 from napari_flax_denoise.checkpoint import build_network
-from napari_flax_denoise.model import count_parameters, halo, receptive_radius
+from napari_flax_denoise.model import count_parameters, halo, receptive_radius, variance_scaling
 
 
 def _expected_parameters(c: Config):
@@ -48,10 +49,25 @@ def test_receptive_field_fits_in_halo(algorithm, dims):
     size = 80 if dims == 2 else 72
     x = jnp.asarray(np.random.default_rng(0).random((1,) + (size,) * dims + (1,)), jnp.float32)
     centre = (0,) + (size // 2,) * dims + (0,)
-    grad = jax.grad(lambda x: net(x)[centre])(x)[0, ..., 0]
+    grad = nnx.jit(lambda net, x: jax.grad(lambda x: net(x)[centre])(x))(net, x)[0, ..., 0]
     reach = np.abs(np.argwhere(np.asarray(grad) != 0) - size // 2).max()
     assert 0 < reach <= receptive_radius(config) <= halo(config)
     assert halo(config) % 2**config.depth == 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_kernel_initialiser_draws_jax_law_from_the_key(scale):
+    key = jax.random.key(5)
+    shape = (3, 3, 64, 64)
+    ours = np.asarray(variance_scaling(scale)(key, shape))
+    theirs = np.asarray(jax.nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")(key, shape))
+    assert ours.dtype == np.float32 and ours.shape == shape
+    assert ours.std() == pytest.approx(theirs.std(), rel=0.03)
+    assert np.abs(ours).max() <= 2 * ours.std() / 0.8796 * 1.001 and np.abs(ours).max() > 1.9 * ours.std() / 0.8796
+    np.testing.assert_array_equal(ours, np.asarray(variance_scaling(scale)(key, shape)))
+    assert not np.array_equal(ours, np.asarray(variance_scaling(scale)(jax.random.key(6), shape)))
+    abstract = jax.eval_shape(lambda k: variance_scaling(scale)(k, shape), key)
+    assert abstract.shape == shape
 
 
 def test_n2v2_has_no_top_skip():
