@@ -52,6 +52,22 @@ def test_seed_makes_training_deterministic(noisy, tiny_config):
     assert a == b and a != c
 
 
+def test_a_second_run_of_the_same_network_compiles_no_step(noisy, tiny_config):
+    from jax import monitoring
+
+    compiles = []
+    monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **_: compiles.append(seconds) if event.endswith("backend_compile_duration") else None)
+    config = tiny_config.replace(features=6, epochs=1)  # a network no other test trains
+    counts = []
+    for seed in (1, 2):
+        before = len(compiles)
+        train(noisy, axes="YX", config=config, seed=seed)
+        counts.append(len(compiles) - before)
+    # The first run compiles its steps and more; the second only its learning-rate schedule.
+    assert counts[0] >= 4 and counts[1] <= 1, counts
+
+
 def test_stop_request_ends_within_one_step(noisy, tiny_config):
     calls = []
     result = train(noisy, axes="YX", config=tiny_config.replace(epochs=50),

@@ -2,11 +2,14 @@
 
 The step functions are pure: parameters and optimiser state go in and come
 out (donated, so XLA updates them in place), and the batch shape is fixed, so
-each compiles once per training run.
+each compiles once per training run. They are kept for later runs of the
+same network and settings (a second Train click in napari, a notebook's
+loop over seeds), which then compile nothing.
 """
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import jax
@@ -79,18 +82,36 @@ def optimizer(config: Config) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), core)
 
 
-def make_steps(graphdef, config: Config, tx: optax.GradientTransformation):
-    """Build the jitted ``train_step`` and ``eval_step`` for one network structure.
+# Settings the steps do not depend on: runs differing only in these share compiled steps.
+_NOT_IN_STEPS = ("seed", "patience", "val_fraction")
+_KEPT_STEPS: dict = {}
+_MAX_KEPT = 8
+
+
+def make_steps(graphdef, config: Config):
+    """The jitted ``train_step`` and ``eval_step`` for one network structure and its settings.
 
     Returns
     -------
     train_step : callable
-        ``(params, opt_state, inputs, targets, key) -> (params, opt_state, loss)``;
+        ``(params, opt_state, inputs, targets, key) -> (params, opt_state, loss)``
+        with ``opt_state`` from ``optimizer(config).init(params)``;
         ``opt_state`` is donated. ``params`` is not, so that snapshots of
         earlier steps stay valid (the weights are small next to activations).
     eval_step : callable
         ``(params, inputs, targets, key) -> loss``.
     """
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_STEPS}
+    key = (graphdef, json.dumps(settings, sort_keys=True))
+    if key not in _KEPT_STEPS:
+        if len(_KEPT_STEPS) >= _MAX_KEPT:
+            del _KEPT_STEPS[next(iter(_KEPT_STEPS))]
+        _KEPT_STEPS[key] = _compile_steps(graphdef, config, optimizer(config))
+    return _KEPT_STEPS[key]
+
+
+def _compile_steps(graphdef, config: Config, tx: optax.GradientTransformation):
+    """The two jitted steps of :func:`make_steps`, new (they compile on their first call)."""
 
     def loss_of(params, inputs, targets, key):
         return loss_fn(nnx.merge(graphdef, params), inputs, targets, key, config)

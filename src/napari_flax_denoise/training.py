@@ -171,7 +171,7 @@ def train_iter(images, *, axes: str, targets=None, config: Config | None = None,
         params, opt_state = placement.replicate(params), placement.replicate(opt_state)
         best = (best_loss, state.best_weights(like))
         data.train.rng.bit_generator.state = state.rng_state
-    train_step, eval_step = make_steps(graphdef, config, tx)
+    train_step, eval_step = make_steps(graphdef, config)
     rate = jax.jit(schedule(config))  # called eagerly, optax's schedule took 5.7 ms a step
     fold_in = jax.jit(jax.random.fold_in)  # and the key's fold-in 1.5 ms
     key = jax.random.key(config.seed)
