@@ -1,8 +1,23 @@
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 from skimage import data
 
 from napari_flax_denoise import Config, train
+
+def pytest_configure(config):
+    """The command lines and training children the tests start keep compiled programs in one folder
+    of this session (see xla_cache), not in the user's cache."""
+    config.xla_cache = tempfile.mkdtemp(prefix="flax-denoise-tests-xla-")
+    os.environ["NAPARI_FLAX_DENOISE_CACHE"] = config.xla_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "xla_cache", ""), ignore_errors=True)
+
 
 TINY = dict(features=8, depth=2, patch_size=32, batch_size=4, epochs=2, steps_per_epoch=4, patience=100)
 

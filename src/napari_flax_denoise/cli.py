@@ -116,6 +116,9 @@ def _open(path):
 
 
 def _train(args):
+    from .xla_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # before anything compiles; see xla_cache
     from .config import Config
     from .training import train_iter
 
@@ -159,10 +162,12 @@ def _default_model(axes: str, ndim: int) -> tuple[str, str]:
 
 def _denoise(args):
     from .cpu_runtime import share_one_arena
-    from .files import write_image
-    from .prediction import denoise_iter
+    from .xla_cache import enable_compilation_cache
 
     share_one_arena()  # before JAX's threads first allocate: this process only denoises
+    enable_compilation_cache()
+    from .files import write_image
+    from .prediction import denoise_iter
     image, file_axes, spacing = _open(args.input)
     axes = args.axes or file_axes
     if axes is None:

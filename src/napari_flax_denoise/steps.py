@@ -3,8 +3,8 @@
 The step functions are pure: parameters and optimiser state go in and come
 out (donated, so XLA updates them in place), and the batch shape is fixed, so
 each compiles once per training run. They are kept for later runs of the
-same network and settings (a second Train click in napari, a notebook's
-loop over seeds), which then compile nothing.
+same network and settings in the same process (a script's or notebook's
+loop over seeds or images), which then compile nothing.
 """
 
 from __future__ import annotations

@@ -109,6 +109,9 @@ def _end(child, events, halt) -> None:
 
 def _train(events, halt, images, axes, init, output, kwargs) -> None:
     """The child's work: train, sending every update and then how it ended."""
+    from ..xla_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a second training of the same network compiles nothing
     from .jobs import train_with_preview
 
     try:
