@@ -66,6 +66,7 @@ def test_kernel_initialiser_draws_jax_law_from_the_key(scale):
     assert np.abs(ours).max() <= 2 * ours.std() / 0.8796 * 1.001 and np.abs(ours).max() > 1.9 * ours.std() / 0.8796
     np.testing.assert_array_equal(ours, np.asarray(variance_scaling(scale)(key, shape)))
     assert not np.array_equal(ours, np.asarray(variance_scaling(scale)(jax.random.key(6), shape)))
+    np.testing.assert_array_equal(ours, np.asarray(variance_scaling(scale)(jax.random.PRNGKey(5), shape)))  # raw key
     abstract = jax.eval_shape(lambda k: variance_scaling(scale)(k, shape), key)
     assert abstract.shape == shape
 

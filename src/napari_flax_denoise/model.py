@@ -22,7 +22,6 @@ from .config import Config
 from .convolution import conv_same
 
 
-
 def variance_scaling(scale: float):
     """Kernel initialiser: fan-in variance scaling with a truncated normal, drawn by NumPy.
 
@@ -38,7 +37,9 @@ def variance_scaling(scale: float):
     def init(key, shape, dtype=jnp.float32):
         if isinstance(key, jax.core.Tracer):
             return traced(key, shape, dtype)
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a typed key (Flax's); raw keys are their data
+            key = jax.random.key_data(key)
+        rng = np.random.default_rng(np.asarray(key).ravel())
         draw = rng.standard_normal(shape)
         outside = np.abs(draw) > 2
         while outside.any():
