@@ -8,6 +8,7 @@ from skimage import data
 
 from napari_flax_denoise import Config, train
 
+
 def pytest_configure(config):
     """The command lines and training children the tests start keep compiled programs in one folder
     of this session (see xla_cache), not in the user's cache."""

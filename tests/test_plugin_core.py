@@ -11,6 +11,7 @@ from napari_flax_denoise.plugin.jobs import preview_crop, train_with_preview
 from napari_flax_denoise.plugin.training_process import train_in_child
 from napari_flax_denoise.plugin.layers import infer_axes, layer_data, result_layer
 from napari_flax_denoise.samples import cell_pair, ct_2d, fmri_3d, nuclei_2d
+from napari_flax_denoise.xla_cache import machine_type
 
 napari_layers = pytest.importorskip("napari.layers")
 
@@ -115,10 +116,13 @@ def _drain(run, updates=None):
             return updates, stop.value
 
 
-def test_training_in_a_child_process_matches_training_here(noisy, tiny_config, tmp_path):
+def test_training_in_a_child_process_matches_training_here(noisy, tiny_config, tmp_path, monkeypatch):
     config = tiny_config.replace(epochs=1)
+    monkeypatch.setenv("NAPARI_FLAX_DENOISE_CACHE", str(tmp_path / "xla"))
     updates, result = _drain(train_in_child([noisy], axes="YX", preview_every=2, config=config,
                                             output=tmp_path / "child"))
+    # The child keeps its compiled step on disk for the next Train click (see xla_cache).
+    assert list((tmp_path / "xla" / machine_type()).glob("jit_train_step-*-cache"))
     assert [u.progress.step for u in updates] == [1, 2, 3, 4]
     assert [u.progress.step for u in updates if u.preview is not None] == [1, 2, 4]
     assert result.stopped == "completed" and result.output == tmp_path / "child"
