@@ -29,7 +29,7 @@ def variance_scaling(scale: float):
     "truncated_normal")`` (``scale=2`` is He, ``1`` LeCun), and still keyed
     by Flax's random streams, so ``seed`` decides it. Drawn by JAX outside
     ``jit``, each kernel shape compiled its own program (about half a second
-    each on CPU), and building the default network took 5-7 seconds.
+    each on CPU), and building the default network took 4.6 s (now 0.6).
     Abstract builds (``nnx.eval_shape``) pass a tracer and use JAX's version.
     """
     traced = jax.nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
