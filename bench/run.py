@@ -33,7 +33,7 @@ from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
 from napari_flax_denoise.cpu_runtime import kept_memory  # noqa: E402
 from napari_flax_denoise.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.model import halo as network_halo  # noqa: E402
-from napari_flax_denoise.prediction import _TILE_CAP_CPU, _TILE_STEP, default_tile_shape, edge_margin  # noqa: E402
+from napari_flax_denoise.tiling import _TILE_CAP_CPU, _TILE_STEP, default_tile_shape, edge_margin  # noqa: E402
 
 HERE = Path(__file__).parent
 

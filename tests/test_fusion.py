@@ -8,8 +8,9 @@ from scipy import ndimage
 from skimage import data
 
 from napari_flax_denoise import Config, denoise, train
-from napari_flax_denoise import fusion
-from napari_flax_denoise.fusion import divergence, fuse, noise_line
+from napari_flax_denoise import noise
+from napari_flax_denoise.fusion import divergence, fuse
+from napari_flax_denoise.noise import noise_line
 from napari_flax_denoise.checkpoint import build_network
 
 
@@ -35,13 +36,13 @@ def test_noise_line_takes_fine_texture_out():
     clean = np.full((256, 256), 100.0)
     clean[:, 128:] += 3 * ndimage.gaussian_filter(rng.normal(0, 10, (256, 128)), 0.6)
     noisy = clean + rng.normal(0, 10, clean.shape)
-    detail, level = (fusion._blocks(x, 2, sign) for x, sign in ((noisy, True), (clean, False)))
-    a, b = fusion._fitted_line(detail.ravel(), level.ravel())
+    detail, level = (noise._blocks(x, 2, sign) for x, sign in ((noisy, True), (clean, False)))
+    a, b = noise._fitted_line(detail.ravel(), level.ravel())
     assert a * 100 + b > 1.25 * 100  # the texture alone would read as noise
     a, b = noise_line(noisy, clean)
     assert a * 100 + b == pytest.approx(100, rel=0.1)
     pure = 100 + rng.normal(0, 10, clean.shape)  # and pure noise is left as it is
-    assert fusion._texture_scale([(fusion._blocks(pure, 2, True), np.full((128, 128), 100.0))], 0.0, 100.0) > 0.9
+    assert noise._texture_scale([(noise._blocks(pure, 2, True), np.full((128, 128), 100.0))], 0.0, 100.0) > 0.9
     # Background clipped to 0 over a third of the image (common in microscopy) does not
     # read as "no noise": the noise estimate stays within the factor's floor.
     clipped = np.where(np.arange(256)[None, :] < 85, 0.0, pure)

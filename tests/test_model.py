@@ -166,7 +166,7 @@ def test_kernel_gradient_without_padding_needs_and_uses_a_zero_last_column():
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (2, 9, 7, 3), (1, 4, 6, 8, 2)])
 def test_max_pool_and_its_gradient_match_reduce_window(shape):
     """The block-maximum pooling equals XLA's reduce_window, trailing odd rows dropped, and so does its gradient."""
-    from napari_flax_denoise.model import max_pool
+    from napari_flax_denoise.pooling import max_pool
 
     dims = len(shape) - 2
     window = (1,) + (2,) * dims + (1,)
@@ -183,7 +183,7 @@ def test_max_pool_and_its_gradient_match_reduce_window(shape):
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 4, 6, 8, 2), (1, 2, 2, 1)])
 def test_max_blur_pool_matches_its_definition(shape):
     """2x2 max at stride 1 (-inf past the end), then [1 2 1]/4 at stride 2 (zeros past the end), in numpy."""
-    from napari_flax_denoise.model import max_blur_pool
+    from napari_flax_denoise.pooling import max_blur_pool
 
     dims = len(shape) - 2
     x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
@@ -201,7 +201,7 @@ def test_max_blur_pool_matches_its_definition(shape):
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 4, 6, 8, 2)])
 def test_max_blur_pool_gradient_is_that_of_its_forward_pass(shape):
     """The custom gradient (through the phase form) equals autodiff through the block form it replaces."""
-    from napari_flax_denoise.model import _pool_blocks, max_blur_pool
+    from napari_flax_denoise.pooling import _pool_blocks, max_blur_pool
 
     dims = len(shape) - 2
     rng = np.random.default_rng(5)

@@ -6,8 +6,8 @@ from napari_flax_denoise.checkpoint import TrainedModel, build_network
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.normalization import Normalization
 from napari_flax_denoise.model import halo
-from napari_flax_denoise.prediction import (_TILE_CAP_CPU, _check_tiling, _forward, _tile_spans,
-                                            default_tile_shape, edge_margin)
+from napari_flax_denoise.prediction import _forward
+from napari_flax_denoise.tiling import _TILE_CAP_CPU, check_tiling, default_tile_shape, edge_margin, tile_spans
 
 from conftest import RecordingArray
 
@@ -48,7 +48,7 @@ def test_default_tiles_cover_the_image_with_little_to_spare(shape, dims, waste):
     config = Config(dims=dims)
     tile_shape = default_tile_shape(shape, config)
     h, margin = halo(config), edge_margin(halo(config), 2**config.depth)
-    computed = np.prod([len(_tile_spans(size + 2 * margin, tile, h)) * tile for size, tile in zip(shape, tile_shape)])
+    computed = np.prod([len(tile_spans(size + 2 * margin, tile, h)) * tile for size, tile in zip(shape, tile_shape)])
     assert computed / np.prod(shape) < waste
     cap = tuple(c + 2 * h for c in _TILE_CAP_CPU[2]) if dims == 2 else _TILE_CAP_CPU[3]
     assert np.prod(tile_shape) <= np.prod(cap)  # no more voxels than the cap: memory stays bounded
@@ -61,7 +61,7 @@ def test_deep_3d_model_on_a_large_stack_asks_for_tiles():
     config = Config(dims=3, depth=4)
     shape = (200, 400, 400)
     with pytest.raises(UserInputError, match="Tile size"):
-        _check_tiling(default_tile_shape(shape, config), None, shape, config)
+        check_tiling(default_tile_shape(shape, config), None, shape, config)
 
 
 @pytest.mark.parametrize("axes,shape", [("YX", (40, 50)), ("TYX", (3, 40, 50)), ("YXT", (40, 50, 2)),
