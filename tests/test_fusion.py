@@ -83,6 +83,20 @@ def test_fusion_leaves_a_perfect_prediction_alone(camera):
     assert np.mean((fused - camera) ** 2) < 0.02 * 25**2
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fusion_does_not_read_noise_leaking_into_the_prediction_as_its_error(seed):
+    # A nearly blind prediction of a flat background and a bright band: it moves with its pixel's
+    # noise by 2% (D = 0.02). Narrow intensity bins at the background's edges would select the
+    # pixels with the largest noise, whose R exceeds the noise line, and weigh that noise back in.
+    noise = np.random.default_rng(seed).normal(0, 10, (256, 256))
+    clean = np.full((256, 256), 100.0)
+    clean[:, 192:] = 160.0
+    prediction = clean + 0.02 * noise
+    fused, weight = fuse(clean + noise, prediction, centre_weight=0.02)
+    assert np.mean((fused - clean) ** 2) <= 1.01 * np.mean((prediction - clean) ** 2)
+    assert weight.mean() < 0.01
+
+
 def test_denoise_fuses_blind_spot_models_by_default(noisy, clean, tiny_model):
     plain = denoise(noisy, tiny_model, axes="YX", fusion=False)
     fused = denoise(noisy, tiny_model, axes="YX")

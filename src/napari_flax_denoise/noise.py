@@ -116,7 +116,7 @@ def _robust_variance(detail):
     return float(spread**2)
 
 
-def binned(key, values, statistic):
+def binned(key, values, statistic, min_width: float = 0.0):
     """A statistic of ``values`` in equal-count bins of ``key``.
 
     Parameters
@@ -128,6 +128,9 @@ def binned(key, values, statistic):
         The values binned with their keys.
     statistic : callable
         Maps a bin's values to one number (or array).
+    min_width : float
+        Neighbouring bins are merged until each spans at least this much of
+        ``key`` (the last, short one joins the one before it).
 
     Returns
     -------
@@ -143,5 +146,14 @@ def binned(key, values, statistic):
     order = np.argsort(key)
     bins = max(1, min(BINS, len(key) // PER_BIN))
     parts = np.array_split(order, bins)
+    if min_width > 0:  # each group starts where the last one reached min_width; a short rest joins the last
+        sorted_key, starts, start = key[order], [0], 0
+        for end in np.cumsum([len(p) for p in parts])[:-1]:
+            if sorted_key[end - 1] - sorted_key[start] >= min_width:
+                starts.append(end)
+                start = end
+        if sorted_key[-1] - sorted_key[start] < min_width and len(starts) > 1:
+            starts.pop()
+        parts = np.split(order, starts[1:])
     return (np.array([np.mean(key[p]) for p in parts]),
             np.array([statistic(values[p]) for p in parts]))
