@@ -443,7 +443,9 @@ def markdown(results):
     if peers:
         sp = peers["speed"]
         lines.append("")
-        lines.append(f"CAREamics {peers['careamics']} (PyTorch {peers['torch']}, {peers['threads']} threads), same run: "
+        # A --quality-only run times CAREamics; our rates then come from the last speed run.
+        when = "timed in the quality run, ours in the speed run" if results.get("quality_date") else "same run"
+        lines.append(f"CAREamics {peers['careamics']} (PyTorch {peers['torch']}, {peers['threads']} threads), {when}: "
                      f"its default tiled prediction ({sp['tile']}-pixel tiles, {sp['overlap']}-pixel overlap) of the same "
                      f"U-Net on 2048x2048 ran at {sp['predict_mpix_per_s_2048']:.3f} MPix/s; ours "
                      f"{sp['ours_mpix_per_s']:.3f} MPix/s ({sp['ratio']:.1f}x).")
