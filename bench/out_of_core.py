@@ -34,9 +34,9 @@ def main():
     parser.add_argument("--skip-denoise", action="store_true", help="measure training only")
     args = parser.parse_args()
     from napari_flax_denoise import Config
-    from napari_flax_denoise.checkpoint import TrainedModel, build_network, save_model
-    from napari_flax_denoise.normalization import Normalization
-    from napari_flax_denoise.zarr_store import zarr_output
+    from napari_flax_denoise.models.checkpoint import TrainedModel, build_network, save_model
+    from napari_flax_denoise.models.normalization import Normalization
+    from napari_flax_denoise.io.zarr_store import zarr_output
 
     with tempfile.TemporaryDirectory(dir=HERE) as work:
         work = Path(work)

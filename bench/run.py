@@ -27,13 +27,13 @@ from flax import nnx  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 
 from napari_flax_denoise import Config, classical_denoise, denoise, evaluate, train_iter  # noqa: E402
-from napari_flax_denoise.checkpoint import TrainedModel, build_network  # noqa: E402
-from napari_flax_denoise import convolution  # noqa: E402
+from napari_flax_denoise.models.checkpoint import TrainedModel, build_network  # noqa: E402
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
-from napari_flax_denoise.cpu_runtime import kept_memory  # noqa: E402
-from napari_flax_denoise.normalization import Normalization  # noqa: E402
-from napari_flax_denoise.model import halo as network_halo  # noqa: E402
-from napari_flax_denoise.tiling import _TILE_CAP_CPU, _TILE_STEP, default_tile_shape, edge_margin  # noqa: E402
+from napari_flax_denoise.runtime.backend import active  # noqa: E402
+from napari_flax_denoise.training import start_run  # noqa: E402
+from napari_flax_denoise.models.normalization import Normalization  # noqa: E402
+from napari_flax_denoise.network.unet import halo as network_halo  # noqa: E402
+from napari_flax_denoise.inference.tiling import _TILE_STEP, default_tile_shape, edge_margin  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -61,16 +61,11 @@ def random_model(config):
 
 
 def flops_per_pixel(model, tile_shape):
-    """The network's own FLOPs per pixel, counted by XLA on its plain convolutions: the CPU
-    route's packed 3D layout computes a few padding planes that are not useful work."""
+    """The network's own FLOPs per pixel, counted by XLA on its plain convolutions (the network's
+    default; the CPU route's packed 3D layout computes a few padding planes that are not useful work)."""
     graphdef, state = nnx.split(model.network)
     x = jnp.zeros((1, *tile_shape, model.config.in_channels))
-    cpu_route = convolution._conv_cpu
-    convolution._conv_cpu = lambda x, kernel, zero_last_column: convolution.conv_native(x, kernel)
-    try:
-        compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
-    finally:
-        convolution._conv_cpu = cpu_route
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return cost["flops"] / np.prod(tile_shape)
@@ -132,7 +127,7 @@ def full_tiles(shape, config):
     up to the step) or, if longer, the CPU cap."""
     halo = network_halo(config)
     margin = edge_margin(halo, 2**config.depth)
-    caps = [c + 2 * halo if config.dims == 2 else c for c in _TILE_CAP_CPU[config.dims]]
+    caps = [c + 2 * halo if config.dims == 2 else c for c in active().tile_cap[config.dims]]
     step = _TILE_STEP[config.dims]
     return tuple(min(cap, -(-(s + 2 * margin) // step) * step) for s, cap in zip(shape, caps))
 
@@ -159,7 +154,6 @@ def training_speed(config, steps):
 
 
 PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
-README_START, README_END = "<!-- bench-table -->", "<!-- /bench-table -->"
 
 
 def torch_reference(steps):
@@ -193,9 +187,10 @@ def tile_speed(config, tile=512):
     ``denoise`` calls it (upsampling inside the decoder's convolutions, memory kept)."""
     model = random_model(config)
     graphdef, state = nnx.split(model.network)
-    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, upsample_in_conv=True))
+    conv = active().convolution
+    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, conv=conv, upsample_in_conv=True))
     x = jnp.zeros((1, tile, tile, 1))
-    with kept_memory():
+    with active().memory():
         return tile * tile / best_time(lambda: f(state, x).block_until_ready(), 3) / 1e6
 
 
@@ -221,7 +216,7 @@ def layer_speeds(peak, tile=1088):
         skip = 0 if (level == 0 and config.use_blurpool) else widths[level]
         parts = [block.conv1.in_features - skip] + ([skip] if skip else [])
         layers += [(level, parts, block.conv1.out_features), (level, [block.conv2.in_features], block.conv2.out_features)]
-    f = jax.jit(convolution.conv_same)
+    f = jax.jit(active().convolution)
     rng = np.random.default_rng(0)
     rows, total_flops, total_seconds = [], 0.0, 0.0
     for level, parts, out in layers:
@@ -230,7 +225,7 @@ def layer_speeds(peak, tile=1088):
         for c in parts:
             x = jnp.asarray(rng.normal(size=(1, size, size, c)), jnp.float32)
             k = jnp.asarray(rng.normal(size=(3, 3, c, out)), jnp.float32)
-            with kept_memory():  # as denoise does: an output's pages are reused, not faulted in afresh
+            with active().memory():  # as denoise does: an output's pages are reused, not faulted in afresh
                 seconds += best_time(lambda: f(x, k).block_until_ready(), 5)
         flops = 2 * 9 * sum(parts) * out * size * size
         rows.append({"level": level, "in": sum(parts), "parts": len(parts), "out": out, "size": size,
@@ -265,18 +260,18 @@ def train_with_curve(images, noisy, clean, config, marks, targets=None, init=Non
 
     The curve's seconds count training only, not the scoring.
     """
-    run = train_iter(images, axes="YX", targets=targets, config=config, init=init)
-    curve, training = [], 0.0
+    run = start_run(images, axes="YX", targets=targets, config=config, init=init)
+    steps, curve, training = run.steps(), [], 0.0
     while True:
         start = time.perf_counter()
         try:
-            event = next(run)
-        except StopIteration as stop:
+            event = next(steps)
+        except StopIteration as stop:  # timed by hand: the scoring between steps is not training
             return stop.value.model, curve
         training += time.perf_counter() - start
-        if event.step in marks:
-            psnr = evaluate(denoise(noisy, event.snapshot(), axes="YX"), clean, data_range=255)["psnr"]
-            curve.append({"step": event.step, "train_seconds": round(training, 2), "psnr": psnr})
+        if event.done in marks:
+            psnr = evaluate(denoise(noisy, run.model(), axes="YX"), clean, data_range=255)["psnr"]
+            curve.append({"step": event.done, "train_seconds": round(training, 2), "psnr": psnr})
 
 
 def quality(images, noise_names, steps, curve_every, careamics_noises):
@@ -524,6 +519,7 @@ def main():
                         help="only redo the convolution-by-convolution speeds, keeping the rest of the results file")
     parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
+    active().configure_process("train")  # this process is ours, as the command line's is
     quick = args.quick
     if args.tiling_only:
         results = json.loads(Path(args.output).read_text())
@@ -636,13 +632,6 @@ def write(results, output):
     table = markdown(results)
     Path(output).with_suffix(".md").write_text(table)
     print(table)
-    readme = HERE.parent / "README.md"
-    if Path(output).resolve() == (HERE / "results.json").resolve():  # the README quotes the default run
-        text = readme.read_text()
-        start, end = text.index(README_START) + len(README_START), text.index(README_END)
-        images = "\n![PSNR against training time](bench/psnr_vs_time.png)\n\n![Crops](bench/crops.png)\n" \
-            if results.get("peers") else ""
-        readme.write_text(text[:start] + "\n" + table + images + text[end:])
     crops = HERE / "tmp_peers" / "crops.npz"
     if results.get("peers") and crops.exists():
         subprocess.run([str(PEERS_PYTHON), str(HERE / "plots.py"), str(output), str(crops),

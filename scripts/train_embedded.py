@@ -120,7 +120,7 @@ def stage(saved: dict) -> str:
 
 def training_record(model: str | Path) -> str:
     """How a model (embedded name or folder) was trained, all runs included."""
-    from napari_flax_denoise.embedded import embedded_path
+    from napari_flax_denoise.models.embedded import embedded_path
 
     folder = embedded_path(str(model)) or Path(model)
     saved = json.loads((folder / "model.json").read_text())

@@ -9,11 +9,39 @@ from skimage import data
 from napari_flax_denoise import Config, train
 
 
+# Test files of the core: run a second time in CI with NAPARI_FLAX_DENOISE_BACKEND=accelerator,
+# so that the accelerator path runs on the CPU too (README: the test command).
+CORE = {"test_backend", "test_model", "test_prediction", "test_training", "test_fusion", "test_masking",
+        "test_normalization", "test_embedded", "test_checkpoint", "test_progress"}
+
+
 def pytest_configure(config):
     """The command lines and training children the tests start keep compiled programs in one folder
-    of this session (see xla_cache), not in the user's cache."""
+    of this session (see runtime.compile_cache), not in the user's cache."""
+    config.addinivalue_line("markers", "core: the engine's tests, also run with the accelerator profile")
+    config.addinivalue_line("markers", "float32: compare at float32 precision (no TF32 on accelerators)")
+    config.addinivalue_line("markers", "slow: left out of the accelerator profile's second run")
     config.xla_cache = tempfile.mkdtemp(prefix="flax-denoise-tests-xla-")
     os.environ["NAPARI_FLAX_DENOISE_CACHE"] = config.xla_cache
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.stem in CORE:
+            item.add_marker(pytest.mark.core)
+
+
+@pytest.fixture(autouse=True)
+def _float32_precision(request):
+    """Tests marked ``float32`` compare at float32 precision: an accelerator's default (TF32 on an
+    NVIDIA GPU) missed 1e-5 tolerances by up to 4e-3, which says nothing about the code."""
+    if request.node.get_closest_marker("float32") is None:
+        yield
+        return
+    import jax
+
+    with jax.default_matmul_precision("float32"):
+        yield
 
 
 def pytest_unconfigure(config):

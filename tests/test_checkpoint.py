@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_flax_denoise import denoise, load_model
-from napari_flax_denoise.checkpoint import save_model
+from napari_flax_denoise.models.checkpoint import save_model
 from napari_flax_denoise.errors import UserInputError
 
 

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_flax_denoise import denoise
-from napari_flax_denoise.checkpoint import save_model
+from napari_flax_denoise.models.checkpoint import save_model
 
 
 def flax_denoise(*args, cwd=None):

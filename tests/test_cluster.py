@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from napari_flax_denoise import denoise
-from napari_flax_denoise.checkpoint import save_model
+from napari_flax_denoise.models.checkpoint import save_model
 
 from test_cli import flax_denoise
 
@@ -20,7 +20,7 @@ def client():
 
 
 def test_cluster_matches_local_and_loads_the_model_once_per_worker(client, tiny_model, noisy, tmp_path):
-    from napari_flax_denoise.cluster import denoise_on_cluster
+    from napari_flax_denoise.inference.cluster import denoise_on_cluster
 
     save_model(tiny_model, tmp_path / "model")
     stack = np.stack([noisy, noisy[::-1], noisy.T, noisy[:, ::-1]])
@@ -28,7 +28,7 @@ def test_cluster_matches_local_and_loads_the_model_once_per_worker(client, tiny_
     np.testing.assert_allclose(result, denoise(stack, tiny_model, axes="TYX"), atol=1e-4)
 
     def loads():
-        from napari_flax_denoise.cluster import worker_model
+        from napari_flax_denoise.inference.cluster import worker_model
 
         return worker_model.cache_info().misses
 

@@ -15,17 +15,12 @@ clean = data.camera()[:128, :128].astype(np.float32)
 noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape).astype(np.float32)
 config = Config(features=8, patch_size=32, batch_size=4, epochs=2, steps_per_epoch=4, seed=3)
 losses = []
-from napari_flax_denoise.training import train_iter
-run = train_iter(noisy, axes="YX", config=config)
-while True:
-    try:
-        losses.append(next(run).train_loss)
-    except StopIteration as stop:
-        model = stop.value.model
-        break
+from napari_flax_denoise import train_iter
+from napari_flax_denoise.progress import drive
+model = drive(train_iter(noisy, axes="YX", config=config), lambda event: losses.append(event.train_loss)).model
 stack = np.stack([noisy, noisy.T, noisy[::-1], noisy[:, ::-1]])
 out = denoise(stack, model, axes="SYX", tile_shape=96)
-from napari_flax_denoise.devices import Placement
+from napari_flax_denoise.runtime.devices import Placement
 print(json.dumps({"devices": Placement(config.batch_size).count, "losses": losses, "out": out.ravel()[::97].tolist()}))
 """
 
@@ -52,11 +47,11 @@ def test_two_devices_train_and_denoise_like_one():
 
 def test_split_hands_over_a_batch_already_on_the_device():
     """A step given a NumPy batch may run later on another thread, where its scratch memory is mapped afresh
-    (see cpu_runtime); so split returns device arrays whose copy is complete."""
+    (see runtime.cpu.memory); so split returns device arrays whose copy is complete."""
     import jax
     import numpy as np
 
-    from napari_flax_denoise.devices import Placement
+    from napari_flax_denoise.runtime.devices import Placement
 
     batch = np.random.default_rng(0).normal(size=(16, 64, 64, 1)).astype(np.float32)
     placed = Placement(16).split(batch)

@@ -10,8 +10,9 @@ from skimage import data
 from napari_flax_denoise import denoise, load_model, psnr, train
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE
 from napari_flax_denoise.errors import UserInputError
-from napari_flax_denoise.embedded import embedded_models, embedded_path, load_embedded
-from napari_flax_denoise.samples import sample_path
+from napari_flax_denoise.models.checkpoint import load_embedded
+from napari_flax_denoise.models.embedded import embedded_models, embedded_path
+from napari_flax_denoise.io.samples import sample_path
 
 from test_cli import flax_denoise
 
@@ -58,6 +59,7 @@ def test_default_model_beats_the_noisy_input_on_unseen_images():
             assert psnr(out, reference, data_range=span) > psnr(noisy, reference, data_range=span) + 4
 
 
+@pytest.mark.slow  # the CLI / fine-tuning path: test_prediction and test_training cover the profile
 def test_denoise_without_model_uses_the_default_and_goes_plane_by_plane_on_3d(tmp_path):
     run = flax_denoise("denoise", sample_path("nuclei2d_noisy.tif"), "--output", tmp_path / "n.tif")
     assert run.returncode == 0, run.stderr
@@ -75,6 +77,7 @@ def test_unknown_model_name_is_a_clear_error(tmp_path):
     assert "general-2d" in run.stderr and not (tmp_path / "x.tif").exists()
 
 
+@pytest.mark.slow  # the CLI / fine-tuning path: test_prediction and test_training cover the profile
 def test_fine_tuning_from_the_default_keeps_its_architecture(noisy):
     result = train(noisy, axes="YX", init="general-2d", algorithm="n2v2", epochs=1, steps_per_epoch=2,
                    batch_size=4, patch_size=32)

@@ -5,8 +5,8 @@ import pytest
 import tifffile
 
 from napari_flax_denoise import UserInputError
-from napari_flax_denoise.checkpoint import save_model
-from napari_flax_denoise.files import open_image, write_image
+from napari_flax_denoise.models.checkpoint import save_model
+from napari_flax_denoise.io.files import open_image, write_image
 from napari_flax_denoise.plugin.file_io import get_reader, write_layer
 
 from test_cli import flax_denoise
@@ -117,7 +117,7 @@ def test_ome_tiff_keeps_pixel_sizes(tmp_path):
 
 def test_a_large_uncompressed_tiff_is_memory_mapped_and_denoised_plane_by_plane(tmp_path, monkeypatch,
                                                                                 tiny_model, noisy):
-    import napari_flax_denoise.files as files
+    import napari_flax_denoise.io.files as files
     from napari_flax_denoise import denoise
 
     stack = np.stack([noisy, noisy[::-1], noisy[:, ::-1]])

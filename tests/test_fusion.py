@@ -8,10 +8,12 @@ from scipy import ndimage
 from skimage import data
 
 from napari_flax_denoise import Config, denoise, train
-from napari_flax_denoise import noise
-from napari_flax_denoise.fusion import divergence, fuse
-from napari_flax_denoise.noise import noise_line
-from napari_flax_denoise.checkpoint import build_network
+from napari_flax_denoise.inference import noise
+from napari_flax_denoise.inference.fusion import divergence, fuse
+from napari_flax_denoise.inference.noise import noise_line
+from napari_flax_denoise.models.checkpoint import build_network
+
+pytestmark = pytest.mark.float32  # equivalences at float32 precision (accelerators' default is TF32)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def test_a_stack_fuses_the_same_whole_or_plane_by_plane(noisy, tiny_model):
 def test_weights_computed_by_slabs_equal_the_whole_image(sigma):
     from concurrent.futures import ThreadPoolExecutor
 
-    from napari_flax_denoise.fusion import _by_slabs
+    from napari_flax_denoise.inference.fusion import _by_slabs
 
     rng = np.random.default_rng(0)
     r, mu = (rng.normal(size=(400, 90)).astype(np.float32) for _ in range(2))

@@ -1,10 +1,14 @@
 import subprocess
 import sys
+from pathlib import Path
 
-CORE = ["axes", "config", "model", "masking", "patches", "data", "steps", "training", "prediction",
-        "checkpoint", "resume", "files", "metrics", "baselines", "cli", "samples",
-        "plugin.layers", "plugin.jobs", "plugin.training_process", "plugin.registry", "plugin.file_io", "dicom", "nifti", "zarr_store",
-        "embedded", "cluster", "devices"]
+import napari_flax_denoise
+
+GUI = {"plugin.denoise_widget", "plugin.train_widget", "plugin.running", "plugin.loss_plot"}
+PACKAGE = Path(napari_flax_denoise.__file__).parent
+# Every module but the widgets' Qt side: the core, the CLI and the plugin's GUI-free helpers.
+CORE = sorted(".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
+              if p.name != "__init__.py" and ".".join(p.relative_to(PACKAGE).with_suffix("").parts) not in GUI)
 
 
 def _modules_after(code):

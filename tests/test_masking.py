@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from napari_flax_denoise.masking import RADIUS, blind_spot_mask, gather_pixels, grid_spacing
+from napari_flax_denoise.training.masking import RADIUS, blind_spot_mask, gather_pixels, grid_spacing
 
 
 @pytest.mark.parametrize("median", [False, True])
@@ -47,7 +47,7 @@ def test_sorting_network_sorts_every_zero_one_input():
     """By the 0-1 principle, a comparator network that sorts all 0/1 inputs sorts everything."""
     import itertools
 
-    from napari_flax_denoise.masking import _merge_sort_pairs
+    from napari_flax_denoise.training.masking import _merge_sort_pairs
 
     for size in (2, 4, 8, 16):
         pairs = _merge_sort_pairs(size)
@@ -61,7 +61,7 @@ def test_sorting_network_sorts_every_zero_one_input():
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 24, 27, 124])
 def test_median_network_matches_numpy(count):
-    from napari_flax_denoise.masking import median_of
+    from napari_flax_denoise.training.masking import median_of
 
     rng = np.random.default_rng(count)
     for values in (rng.normal(size=(4, count, 2)), rng.integers(0, 3, size=(4, count, 2))):  # ties too

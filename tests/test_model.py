@@ -5,8 +5,10 @@ import pytest
 from flax import nnx
 
 from napari_flax_denoise import Config
-from napari_flax_denoise.checkpoint import build_network
-from napari_flax_denoise.model import count_parameters, halo, receptive_radius, variance_scaling
+from napari_flax_denoise.models.checkpoint import build_network
+from napari_flax_denoise.network.unet import count_parameters, halo, receptive_radius, variance_scaling
+
+pytestmark = pytest.mark.float32  # equivalences at float32 precision (accelerators' default is TF32)
 
 
 def _expected_parameters(c: Config):
@@ -107,8 +109,8 @@ def test_image_in_the_corner_of_a_larger_tile_gives_its_own_result(algorithm, di
 def test_upsampling_inside_the_convolution_gives_the_same_network(algorithm, depth, channels):
     """Inference's decoder convolves the level below at its own resolution, phase by phase: the same
     outputs as convolving its upsampled copy, with and without a valid corner."""
-    from napari_flax_denoise.model import conv_upsampled, upsample
-    from napari_flax_denoise.convolution import conv_native
+    from napari_flax_denoise.network.unet import conv_upsampled, upsample
+    from napari_flax_denoise.runtime.convolution import conv_native
 
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
@@ -129,7 +131,8 @@ def test_cpu_convolution_and_its_gradients_match_xla(x_shape, kernel_shape):
     """The CPU route is exact: packed Z-planes for 3D (3 rows of 3 planes in the fourth case), the shifted
     sum for at most 6 input channels (2D, and each Z-tap in 3D), the flat kernel gradient (8 input
     channels, 2D and 3D), XLA's for fewer."""
-    from napari_flax_denoise.convolution import conv_native, conv_same
+    from napari_flax_denoise.runtime.convolution import conv_native
+    from napari_flax_denoise.runtime.cpu.convolution import conv_same
 
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
@@ -145,7 +148,8 @@ def test_cpu_convolution_and_its_gradients_match_xla(x_shape, kernel_shape):
 def test_kernel_gradient_without_padding_needs_and_uses_a_zero_last_column():
     """With the last column zero in the input and the result's gradient, the unpadded kernel gradient is exact;
     the promise is what makes it so (broken, the left taps also pick up the previous row's last pixel)."""
-    from napari_flax_denoise.convolution import conv_native, conv_same
+    from napari_flax_denoise.runtime.convolution import conv_native
+    from napari_flax_denoise.runtime.cpu.convolution import conv_same
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(1, 9, 12, 8)).astype(np.float32)
@@ -166,7 +170,7 @@ def test_kernel_gradient_without_padding_needs_and_uses_a_zero_last_column():
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (2, 9, 7, 3), (1, 4, 6, 8, 2)])
 def test_max_pool_and_its_gradient_match_reduce_window(shape):
     """The block-maximum pooling equals XLA's reduce_window, trailing odd rows dropped, and so does its gradient."""
-    from napari_flax_denoise.pooling import max_pool
+    from napari_flax_denoise.network.pooling import max_pool
 
     dims = len(shape) - 2
     window = (1,) + (2,) * dims + (1,)
@@ -183,7 +187,7 @@ def test_max_pool_and_its_gradient_match_reduce_window(shape):
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 4, 6, 8, 2), (1, 2, 2, 1)])
 def test_max_blur_pool_matches_its_definition(shape):
     """2x2 max at stride 1 (-inf past the end), then [1 2 1]/4 at stride 2 (zeros past the end), in numpy."""
-    from napari_flax_denoise.pooling import max_blur_pool
+    from napari_flax_denoise.network.pooling import max_blur_pool
 
     dims = len(shape) - 2
     x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
@@ -201,7 +205,7 @@ def test_max_blur_pool_matches_its_definition(shape):
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 4, 6, 8, 2)])
 def test_max_blur_pool_gradient_is_that_of_its_forward_pass(shape):
     """The custom gradient (through the phase form) equals autodiff through the block form it replaces."""
-    from napari_flax_denoise.pooling import _pool_blocks, max_blur_pool
+    from napari_flax_denoise.network.pooling import _pool_blocks, max_blur_pool
 
     dims = len(shape) - 2
     rng = np.random.default_rng(5)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_flax_denoise.errors import UserInputError
-from napari_flax_denoise.normalization import Normalization
+from napari_flax_denoise.models.normalization import Normalization
 
 
 @pytest.mark.parametrize("method", ["percentile", "meanstd"])

@@ -8,10 +8,12 @@ import pytest
 
 from napari_flax_denoise import UserInputError, denoise
 from napari_flax_denoise.plugin.jobs import preview_crop, train_with_preview
+from napari_flax_denoise.progress import drive
+from napari_flax_denoise.training import start_run
 from napari_flax_denoise.plugin.training_process import train_in_child
 from napari_flax_denoise.plugin.layers import infer_axes, layer_data, result_layer
-from napari_flax_denoise.samples import cell_pair, ct_2d, fmri_3d, nuclei_2d
-from napari_flax_denoise.xla_cache import machine_type
+from napari_flax_denoise.io.samples import cell_pair, ct_2d, fmri_3d, nuclei_2d
+from napari_flax_denoise.runtime.compile_cache import machine_type
 
 napari_layers = pytest.importorskip("napari.layers")
 
@@ -98,22 +100,22 @@ def test_preview_crop_is_central_and_spatial():
 
 def test_train_with_preview_previews_with_current_weights(noisy, tiny_config):
     updates, result = _drain(train_with_preview([noisy], axes="YX", preview_every=3, config=tiny_config))
-    steps = [u.progress.step for u in updates if u.preview is not None]
+    steps = [u.progress.done for u in updates if u.preview is not None]
     assert steps == [1, 3, 6, 8]
-    last = updates[-1]
-    np.testing.assert_allclose(last.preview, denoise(last.crop.data, last.progress.snapshot(), axes="YX"), atol=1e-5)
     assert result.stopped == "completed"
-    assert [u.progress.step for u in updates] == list(range(1, 9))
+    assert [u.progress.done for u in updates] == list(range(1, 9))
+    # The same run again (training is deterministic): its weights at the last step gave the last preview.
+    run = start_run([noisy], axes="YX", config=tiny_config)
+    drive(run.steps())
+    last = updates[-1]
+    np.testing.assert_allclose(last.preview, denoise(last.crop.data, run.model(), axes="YX"), atol=1e-5)
+    assert not np.allclose(updates[0].preview, last.preview)
 
 
 def _drain(run, updates=None):
     """Run a job to its end; its updates (appended to ``updates`` as they come) and result."""
     updates = [] if updates is None else updates
-    while True:
-        try:
-            updates.append(next(run))
-        except StopIteration as stop:
-            return updates, stop.value
+    return updates, drive(run, updates.append)
 
 
 def test_training_in_a_child_process_matches_training_here(noisy, tiny_config, tmp_path, monkeypatch):
@@ -121,10 +123,10 @@ def test_training_in_a_child_process_matches_training_here(noisy, tiny_config, t
     monkeypatch.setenv("NAPARI_FLAX_DENOISE_CACHE", str(tmp_path / "xla"))
     updates, result = _drain(train_in_child([noisy], axes="YX", preview_every=2, config=config,
                                             output=tmp_path / "child"))
-    # The child keeps its compiled step on disk for the next Train click (see xla_cache).
+    # The child keeps its compiled step on disk for the next Train click (see runtime.compile_cache).
     assert list((tmp_path / "xla" / machine_type()).glob("jit_train_step-*-cache"))
-    assert [u.progress.step for u in updates] == [1, 2, 3, 4]
-    assert [u.progress.step for u in updates if u.preview is not None] == [1, 2, 4]
+    assert [u.progress.done for u in updates] == [1, 2, 3, 4]
+    assert [u.progress.done for u in updates if u.preview is not None] == [1, 2, 4]
     assert result.stopped == "completed" and result.output == tmp_path / "child"
     _, expected = _drain(train_with_preview([noisy], axes="YX", config=config))
     image = noisy[:64, :64]

@@ -3,8 +3,9 @@ import pytest
 
 from napari_flax_denoise import Config, denoise, load_model, psnr, train, train_iter
 from napari_flax_denoise.errors import UserInputError
-from napari_flax_denoise.patches import PatchSampler, split_rows
-from napari_flax_denoise.normalization import Normalization
+from napari_flax_denoise.training import start_run
+from napari_flax_denoise.training.patches import PatchSampler, split_rows
+from napari_flax_denoise.models.normalization import Normalization
 
 from conftest import RecordingArray
 
@@ -33,14 +34,18 @@ def test_validation_rows_are_held_out():
 
 
 def test_events_and_loss_decrease(noisy, tiny_config):
-    events = list(train_iter(noisy, axes="YX", config=tiny_config.replace(epochs=3, steps_per_epoch=8)))
-    assert [e.step for e in events] == list(range(1, 25))
+    run = start_run(noisy, axes="YX", config=tiny_config.replace(epochs=3, steps_per_epoch=8))
+    events, models = [], []
+    for event in run.steps():
+        events.append(event)
+        models.append(run.model())  # the weights of this step
+    assert [(e.done, e.total) for e in events] == [(step, 24) for step in range(1, 25)]
     epoch_ends = [e for e in events if e.end_of_epoch]
     assert len(epoch_ends) == 3 and all(e.val_loss is not None for e in epoch_ends)
     assert all(e.learning_rate > 0 and e.eta_seconds >= 0 for e in events)
     assert np.mean(_losses(events)[-6:]) < np.mean(_losses(events)[:3])
-    # Snapshots stay usable after training moved on, and differ between steps.
-    early, late = events[0].snapshot(), events[-1].snapshot()
+    # Models of a step stay usable after training moved on, and differ between steps.
+    early, late = models[0], models[-1]
     assert early.info["steps"] == 1 and late.info["steps"] == 24
     assert not np.allclose(denoise(noisy, early, axes="YX"), denoise(noisy, late, axes="YX"))
 
@@ -150,7 +155,7 @@ def test_nan_in_a_lazy_stack_is_refused_when_a_patch_meets_it(noisy, tiny_config
 def test_3d_training_defaults_to_smaller_patches_unless_given():
     """2D-sized defaults (16 patches of 64) would make every 3D step about 12 GB."""
     from napari_flax_denoise.config import DEFAULTS_3D
-    from napari_flax_denoise.training import _prepare_config
+    from napari_flax_denoise.training.prepare import _prepare_config
 
     config = _prepare_config(None, "ZYX", None, 1, 1, {})
     assert (config.patch_size, config.batch_size) == (DEFAULTS_3D["patch_size"], DEFAULTS_3D["batch_size"])

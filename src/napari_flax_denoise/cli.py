@@ -1,4 +1,4 @@
-"""The ``flax-denoise`` command line: ``train``, ``denoise``, ``evaluate`` and ``models``.
+"""The ``flax-denoise`` command line: ``train``, ``denoise``, ``evaluate``, ``models`` and ``info``.
 
 Mistakes the user can fix print one sentence and exit with status 2;
 anything else is a bug and keeps its traceback.
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     denoise.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("models", help="list the embedded models, one per line")
+    commands.add_parser("info", help="versions, JAX's devices and the backend profile in use (for bug reports)")
     evaluate = commands.add_parser("evaluate", help="PSNR / SSIM / MSE of a prediction against a target")
     evaluate.add_argument("prediction", metavar="PREDICTION")
     evaluate.add_argument("--target", required=True)
@@ -77,31 +78,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(generator, quiet, unit, describe):
-    """Drive a progress generator with a tqdm bar on stderr; return its result."""
+def _progress(job, quiet, unit, describe=None):
+    """Drive a job (a generator of :class:`~.progress.Progress`) with a tqdm bar on stderr; return its result."""
     from tqdm import tqdm
 
-    bar = None
-    try:
-        while True:
-            try:
-                event = next(generator)
-            except StopIteration as stop:
-                return stop.value
-            if quiet:
-                continue
-            if bar is None:
-                bar = tqdm(total=getattr(event, "total_steps", getattr(event, "total", None)), unit=unit, file=sys.stderr)
-            bar.n = getattr(event, "step", getattr(event, "done", 0))
+    from .progress import drive
+
+    if quiet:
+        return drive(job)
+    bar = tqdm(unit=unit, file=sys.stderr)
+
+    def show(event):
+        bar.total, bar.n = event.total, event.done
+        if describe is not None:
             bar.set_postfix_str(describe(event), refresh=False)
-            bar.refresh()
+        bar.refresh()
+
+    try:
+        return drive(job, show)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
+
+
+def _start_process(job: str):
+    """Set up this process (ours alone) for ``job`` before JAX computes anything; returns the backend profile."""
+    from .runtime.backend import active
+    from .runtime.compile_cache import enable_compilation_cache
+
+    profile = _profile(active)
+    profile.configure_process(job)
+    enable_compilation_cache()  # before anything compiles; see runtime.compile_cache
+    return profile
+
+
+def _profile(active):
+    try:
+        return active()
+    except ValueError as err:  # a misspelt NAPARI_FLAX_DENOISE_BACKEND
+        raise UserInputError(str(err)) from None
 
 
 def _read(path, axes=None):
-    from .files import read_image
+    from .io.files import read_image
 
     image, file_axes = read_image(path)
     return image, (axes or file_axes)
@@ -109,18 +127,16 @@ def _read(path, axes=None):
 
 def _open(path):
     """The input (lazy for zarr), the axes the file records (or None) and its spacing."""
-    from .files import open_image
+    from .io.files import open_image
 
     opened = open_image(path)
     return opened.data, opened.axes, opened.spacing
 
 
 def _train(args):
-    from .xla_cache import enable_compilation_cache
-
-    enable_compilation_cache()  # before anything compiles; see xla_cache
+    _start_process("train")
     from .config import Config
-    from .training import train_iter
+    from .training.prepare import train_iter
 
     config = Config.from_json(args.config) if args.config else None
     images, axes = [], args.axes
@@ -150,7 +166,8 @@ def _train(args):
 def _default_model(axes: str, ndim: int) -> tuple[str, str]:
     """The embedded default's name for these axes, and the axes to use it with."""
     from .axes import spatial_dims, validate_axes
-    from .embedded import default_model_name, load_embedded
+    from .models.checkpoint import load_embedded
+    from .models.embedded import default_model_name
 
     dims = spatial_dims(validate_axes(axes, ndim))
     name = default_model_name(dims)  # a name, which workers and resolve_model can load
@@ -161,13 +178,9 @@ def _default_model(axes: str, ndim: int) -> tuple[str, str]:
 
 
 def _denoise(args):
-    from .cpu_runtime import share_one_arena
-    from .xla_cache import enable_compilation_cache
-
-    share_one_arena()  # before JAX's threads first allocate: this process only denoises
-    enable_compilation_cache()
-    from .files import write_image
-    from .prediction import denoise_iter
+    _start_process("denoise")
+    from .io.files import write_image
+    from .inference.prediction import denoise_iter
     image, file_axes, spacing = _open(args.input)
     axes = args.axes or file_axes
     if axes is None:
@@ -187,15 +200,15 @@ def _denoise(args):
         return
     if str(args.output).lower().endswith(".zarr") and not isinstance(image, np.ndarray) and args.uncertainty is None:
         # zarr in, zarr out: every plane goes to disk as soon as it is done, so memory stays at one plane.
-        from .prediction import resolve_model
-        from .zarr_store import zarr_output
+        from .io.zarr_store import zarr_output
+        from .models.checkpoint import resolve_model
 
         model = resolve_model(model)
         if model.config.out_channels == model.config.in_channels:
             with zarr_output(args.output, image.shape, same_axes, spacing) as out:
-                _progress(denoise_iter(image, model, out=out, **options), args.quiet, "batch", lambda event: "")
+                _progress(denoise_iter(image, model, out=out, **options), args.quiet, "batch")
             return
-    result = _progress(denoise_iter(image, model, **options), args.quiet, "batch", lambda event: "")
+    result = _progress(denoise_iter(image, model, **options), args.quiet, "batch")
     denoised, std = result if args.uncertainty is not None else (result, None)
     out_axes = same_axes if denoised.ndim == len(same_axes) else axes + "C"
     write_image(args.output, denoised, out_axes, spacing)
@@ -204,8 +217,8 @@ def _denoise(args):
 
 
 def _denoise_on_cluster(args, image, model, options, out_axes, spacing):
-    from .cluster import denoise_lazily
-    from .files import write_image
+    from .inference.cluster import denoise_lazily
+    from .io.files import write_image
 
     if args.uncertainty:
         raise UserInputError("--uncertainty is not available with --scheduler; drop one of them.")
@@ -222,7 +235,7 @@ def _denoise_on_cluster(args, image, model, options, out_axes, spacing):
         if str(args.output).lower().endswith(".zarr"):  # the workers write their planes straight to the store
             import dask.array as da
 
-            from .zarr_store import zarr_output
+            from .io.zarr_store import zarr_output
 
             with zarr_output(args.output, image.shape, out_axes, spacing) as out:
                 da.store(lazy, out, lock=False)
@@ -231,14 +244,30 @@ def _denoise_on_cluster(args, image, model, options, out_axes, spacing):
 
 
 def _models(args):
-    from .embedded import embedded_models
+    from .models.embedded import embedded_models
 
     for name, description in embedded_models().items():
         print(f"{name}\t{description}")
 
 
+def _info(args):
+    import platform
+
+    from ._version import __version__
+    from .runtime.backend import describe
+
+    about = _profile(describe)
+    print(f"napari-flax-denoise {__version__}")
+    print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}")
+    print(f"JAX {about['jax']}, jaxlib {about['jaxlib']}, default backend {about['platform']}")
+    for device in about["devices"]:
+        print(f"  device {device}")
+    forced = f" (forced; the device alone gives {about['detected']})" if about["profile"] != about["detected"] else ""
+    print(f"backend profile: {about['profile']}{forced}")
+
+
 def _evaluate(args):
-    from .metrics import evaluate
+    from .evaluation.metrics import evaluate
 
     prediction, _ = _read(args.prediction)
     target, _ = _read(args.target)
@@ -253,7 +282,8 @@ def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 user error)."""
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "denoise": _denoise, "evaluate": _evaluate, "models": _models}[args.command](args)
+        {"train": _train, "denoise": _denoise, "evaluate": _evaluate, "models": _models,
+         "info": _info}[args.command](args)
     except UserInputError as err:
         print(f"flax-denoise {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

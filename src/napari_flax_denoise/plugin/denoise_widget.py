@@ -6,10 +6,10 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton
 from magicgui.widgets import create_widget
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserInputError
-from ..fusion import fusion_applies
-from ..prediction import denoise_iter
+from ..inference.fusion import fusion_applies
+from ..inference.prediction import denoise_iter
 from . import running
 from .layers import check_axes_override, infer_axes, layer_data, result_layer
 from .registry import MODELS

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..files import open_image, write_image
+from ..io.files import open_image, write_image
 
 
 def _ours(path: Path) -> bool:
@@ -36,12 +36,12 @@ def read_layers(path) -> list[tuple]:
     """
     paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
     if len(paths) == 1 and paths[0].suffix.lower() == ".dcm":  # one slice opens its whole series
-        from ..dicom import series_files
+        from ..io.dicom import series_files
 
         paths = series_files(paths[0])
     if len(paths) > 1:
-        from ..dicom import read_dicom
-        from ..files import ImageFile
+        from ..io.dicom import read_dicom
+        from ..io.files import ImageFile
 
         opened = ImageFile(*read_dicom(paths))
     else:

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..prediction import denoise
-from ..training import TrainProgress, train_iter
+from ..inference.prediction import denoise
+from ..progress import relay
+from ..training.prepare import start_run
+from ..training.run import TrainProgress
 
 # Largest live-preview crop per spatial axis: small enough to refresh in a fraction of a second.
 _PREVIEW = {2: (256, 256), 3: (16, 128, 128)}
@@ -72,7 +74,7 @@ def preview_crop(image, axes: str) -> PreviewCrop:
     return PreviewCrop(np.asarray(image[tuple(index)]), kept, tuple(offset), axes)
 
 
-def train_with_preview(images, *, axes: str, preview_every: int = 0, **train_kwargs):
+def train_with_preview(images, *, axes: str, preview_every: int = 0, stop=None, **train_kwargs):
     """:func:`~napari_flax_denoise.train_iter` that also denoises a preview crop.
 
     Yields :class:`TrainUpdate` for every step; every ``preview_every`` steps
@@ -81,16 +83,11 @@ def train_with_preview(images, *, axes: str, preview_every: int = 0, **train_kwa
     Closing this generator closes the training.
     """
     crop = preview_crop(images[0], axes) if preview_every else None
-    run = train_iter(images, axes=axes, **train_kwargs)
-    try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as stop:
-                return stop.value
-            preview = None
-            if crop is not None and (event.step % preview_every == 0 or event.step in (1, event.total_steps)):
-                preview = denoise(crop.data, event.snapshot(), axes=crop.axes)
-            yield TrainUpdate(event, preview, crop)
-    finally:
-        run.close()
+    run = start_run(images, axes=axes, **train_kwargs)
+
+    def update(event: TrainProgress) -> TrainUpdate:
+        if crop is None or not (event.done % preview_every == 0 or event.done in (1, event.total)):
+            return TrainUpdate(event)
+        return TrainUpdate(event, denoise(crop.data, run.model(), axes=crop.axes), crop)
+
+    return (yield from relay(run.steps(stop), update))

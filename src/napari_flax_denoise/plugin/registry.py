@@ -23,13 +23,13 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         """The embedded models, then this session's in the order they were added (newest last)."""
-        from ..embedded import embedded_models
+        from ..models.embedded import embedded_models
 
         return [name for name in embedded_models() if name not in self._models] + list(self._models)
 
     def preferred(self) -> str | None:
         """The model to preselect: the newest of this session, else the embedded 2D default."""
-        from ..embedded import default_model_name
+        from ..models.embedded import default_model_name
 
         return list(self._models)[-1] if self._models else default_model_name(2)
 
@@ -47,14 +47,15 @@ class ModelRegistry:
 
     def add_folder(self, folder: str | Path) -> str:
         """Load a model directory (checking it is one) and register it under its folder name."""
-        from ..checkpoint import load_model
+        from ..models.checkpoint import load_model
 
         model = load_model(folder)
         return self.add(Path(folder).name, model)
 
     def get(self, name: str | None):
         """The model registered or embedded as ``name`` (a TrainedModel)."""
-        from ..embedded import embedded_path, load_embedded
+        from ..models.checkpoint import load_embedded
+        from ..models.embedded import embedded_path
 
         if name in self._models:
             return self._models[name]

@@ -10,7 +10,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from magicgui.widgets import SpinBox, create_widget
 from napari.utils.notifications import show_info
 
-from ..checkpoint import save_model
+from ..models.checkpoint import save_model
 from ..axes import spatial_dims
 from ..config import ALGORITHMS, DEFAULTS_3D, FINE_TUNE_LEARNING_RATE, Config
 from ..errors import UserInputError
@@ -142,11 +142,11 @@ class TrainWidget(Container):
 
     def _on_update(self, layer, update):
         event = update.progress
-        self.progress.max, self.progress.value = event.total_steps, event.step
-        self.plot.add(event.step, event.train_loss, event.val_loss)
+        self.progress.max, self.progress.value = event.total, event.done
+        self.plot.add(event.done, event.train_loss, event.val_loss)
         minutes, seconds = divmod(int(event.eta_seconds), 60)
         val = f" · val {event.val_loss:.4g}" if event.val_loss is not None else ""
-        self.status.value = (f"epoch {event.epoch}/{event.epochs} · step {event.step}/{event.total_steps} · "
+        self.status.value = (f"epoch {event.epoch}/{event.epochs} · step {event.done}/{event.total} · "
                              f"loss {event.train_loss:.4g}{val} · ETA {minutes}:{seconds:02d}")
         if update.preview is not None:
             data, kwargs, _ = preview_layer(layer, update.crop, update.preview)

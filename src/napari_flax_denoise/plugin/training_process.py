@@ -17,12 +17,13 @@ import queue
 import tempfile
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
-from ..checkpoint import TrainedModel, load_model, save_model
+from ..models.checkpoint import TrainedModel, load_model, save_model
 from ..errors import UserInputError
-from ..training import TrainResult
+from ..progress import drive
+from ..runtime.backend import active
+from ..training.run import TrainResult
 
 _POLL = 0.1  # seconds between looks at the stop request while waiting for the child
 _GRACE = 60.0  # seconds a stopped child gets to finish its step before it is killed
@@ -51,7 +52,7 @@ def train_in_child(images, *, axes: str, stop=None, init=None, output=None, **kw
     Yields
     ------
     TrainUpdate
-        As :func:`train_with_preview` does (its ``progress.snapshot`` is None).
+        As :func:`train_with_preview` does (the crop travels only with its preview).
 
     Returns
     -------
@@ -109,22 +110,16 @@ def _end(child, events, halt) -> None:
 
 def _train(events, halt, images, axes, init, output, kwargs) -> None:
     """The child's work: train, sending every update and then how it ended."""
-    from ..xla_cache import enable_compilation_cache
+    from ..runtime.compile_cache import enable_compilation_cache
 
+    active().configure_process("train")  # a process of our own, as the command line's
     enable_compilation_cache()  # a second training of the same network compiles nothing
     from .jobs import train_with_preview
 
     try:
         run = train_with_preview(images, axes=axes, init=init, output=output, stop=halt.is_set, **kwargs)
-        while True:
-            try:
-                update = next(run)
-            except StopIteration as end:
-                events.put(("done", (end.value.stopped, end.value.history)))
-                return
-            progress = replace(update.progress, snapshot=None)  # a closure over this process's weights
-            events.put(("update", replace(update, progress=progress, crop=update.crop if update.preview is not None
-                                          else None)))  # the crop travels only with its preview
+        end = drive(run, lambda update: events.put(("update", update)))
+        events.put(("done", (end.stopped, end.history)))
     except UserInputError as error:
         events.put(("user_error", str(error)))
     except BaseException:  # noqa: BLE001 - the parent reports it; a child must not die silently

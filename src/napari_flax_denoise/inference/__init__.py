@@ -1,0 +1,19 @@
+"""Inference: denoising images of any size with a trained model.
+
+``prediction``
+    ``denoise`` / ``denoise_iter``: normalisation, tiles, test-time augmentation, lazy stacks.
+``tiling``
+    Tile shapes and spans.
+``fusion``, ``noise``
+    Pixel fusion and the noise line it fits.
+``cluster``
+    Denoising a lazy stack on a dask cluster.
+"""
+
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "denoise": "prediction",
+    "denoise_iter": "prediction",
+    "DenoiseProgress": "prediction",
+})

@@ -1,0 +1,18 @@
+"""Reading and writing images: every format a user hands us, validated, written atomically.
+
+``files``
+    Open / read / write by file type (TIFF, OME-TIFF, NumPy, PNG, ...), atomic outputs.
+``dicom``, ``nifti``, ``zarr_store``
+    Medical formats and chunked (OME-)zarr stores, read lazily where they are large.
+``samples``
+    The napari samples shipped with the package.
+"""
+
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "open_image": "files",
+    "read_image": "files",
+    "write_image": "files",
+    "ImageFile": "files",
+})

@@ -1,0 +1,223 @@
+"""Reading and atomically writing images, chosen by extension.
+
+TIFF / OME-TIFF, ``.npy`` and PNG here; DICOM series (a folder or ``.dcm``
+files), NIfTI (``.nii``, ``.nii.gz``) and zarr / OME-Zarr (``.zarr``, lazy)
+in their own modules. Every reader gives the axes and physical spacing it
+knows, and every writer keeps them where the format can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserInputError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr", ".dcm")
+WRITE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr")
+# Larger uncompressed TIFFs are memory-mapped (read-only) instead of loaded.
+MEMMAP_TIFF_BYTES = 256 * 2**20
+# tifffile's axis letters mapped to ours; 'S' there means RGB samples.
+_TIFF_AXES = {"T": "T", "Z": "Z", "C": "C", "S": "C", "Y": "Y", "X": "X"}
+
+
+@dataclass
+class ImageFile:
+    """An image read from disk with what the file says about it.
+
+    Attributes
+    ----------
+    data : ndarray or dask.array.Array
+        Lazy for zarr inputs.
+    axes : str or None
+        Axes from the file, when it records them.
+    spacing : dict
+        Physical size per axis letter (e.g. ``{"Z": 2.5, "Y": 0.7, "X": 0.7}``).
+    metadata : dict
+        Format-specific extras (DICOM modality, NIfTI unit ...).
+    """
+
+    data: object
+    axes: str | None = None
+    spacing: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path`` and rename it over ``path`` on success.
+
+    A crash or error leaves ``path`` untouched (old content or absent) and
+    removes the temporary file. The temporary name keeps the full extension
+    (``.nii.gz``), which some writers need.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + _suffix(path), dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _checked_suffix(path: Path, allowed=IMAGE_SUFFIXES) -> str:
+    suffix = _suffix(path)
+    if suffix not in allowed:
+        raise UserInputError(f"'{path}' has an unsupported extension; use one of {', '.join(allowed)}.")
+    return suffix
+
+
+def open_image(path: str | Path) -> ImageFile:
+    """Open an image file, a DICOM folder or a zarr store.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` (OME-TIFF and ImageJ axes and pixel sizes),
+        ``.npy``, ``.png``, ``.nii``/``.nii.gz``, ``.zarr``, a ``.dcm`` file
+        or a folder holding one DICOM series.
+
+    Returns
+    -------
+    ImageFile
+    """
+    path = Path(path)
+    if path.is_dir() and _suffix(path) != ".zarr":
+        from .dicom import read_dicom
+
+        return ImageFile(*read_dicom([path]))
+    suffix = _checked_suffix(path)
+    if not path.exists():
+        raise UserInputError(f"Input file '{path}' does not exist; check the path.")
+    if suffix == ".dcm":
+        from .dicom import read_dicom
+
+        return ImageFile(*read_dicom([path]))
+    if suffix in (".nii", ".nii.gz"):
+        from .nifti import read_nifti
+
+        return ImageFile(*read_nifti(path))
+    if suffix == ".zarr":
+        from .zarr_store import read_zarr
+
+        return ImageFile(*read_zarr(path))
+    try:
+        if suffix == ".npy":
+            return ImageFile(np.load(path, allow_pickle=False))
+        if suffix == ".png":
+            import imageio.v3 as iio
+
+            image = iio.imread(path)
+            return ImageFile(image, "YXC" if image.ndim == 3 else None)
+        return _read_tiff(path)
+    except UserInputError:
+        raise
+    except Exception as err:  # every reader has its own exception types
+        raise UserInputError(f"Could not read '{path}' as an image ({type(err).__name__}: {err}); "
+                             "check that the file is complete and in a supported format.") from None
+
+
+def _read_tiff(path: Path) -> ImageFile:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        if series.dataoffset is not None and series.nbytes > MEMMAP_TIFF_BYTES:
+            # uncompressed and contiguous: map it, so planes and patches are read on demand
+            image = tifffile.memmap(path, series=0, mode="r")
+        else:
+            image = series.asarray()
+        axes = None
+        if tif.is_ome or tif.is_imagej:
+            letters = [_TIFF_AXES.get(a) for a in series.axes]
+            if None not in letters and len(set(letters)) == len(letters):
+                axes = "".join(letters)
+        spacing = _ome_spacing(tif.ome_metadata) if tif.is_ome else {}
+    return ImageFile(image, axes, spacing)
+
+
+def _ome_spacing(ome_xml: str) -> dict[str, float]:
+    import xml.etree.ElementTree as ElementTree
+
+    pixels = next((e for e in ElementTree.fromstring(ome_xml).iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return {}
+    return {axis: float(pixels.get(f"PhysicalSize{axis}")) for axis in "ZYX" if pixels.get(f"PhysicalSize{axis}")}
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """Read an image into memory; returns ``(image, axes or None)``. See :func:`open_image`."""
+    opened = open_image(path)
+    return np.asarray(opened.data), opened.axes
+
+
+def write_image(path: str | Path, image, axes: str | None = None, spacing: dict | None = None) -> Path:
+    """Write ``image`` atomically in the format its extension names.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` (OME-TIFF with axes and pixel sizes), ``.npy``,
+        ``.png``, ``.nii``/``.nii.gz`` (Z Y X with a diagonal affine) or
+        ``.zarr`` (OME-Zarr, written plane by plane).
+    image : array_like
+        May be lazy for ``.zarr`` output.
+    axes : str, optional
+        Axes of ``image`` (S T C Z Y X).
+    spacing : dict, optional
+        Physical size per axis letter.
+    """
+    path = Path(path)
+    suffix = _checked_suffix(path, WRITE_SUFFIXES)
+    spacing = spacing or {}
+    if suffix == ".zarr":
+        from .zarr_store import write_zarr
+
+        write_zarr(path, image, axes or "".join("STCZYX"[-np.ndim(image):]), spacing)
+        return path
+    image = np.asarray(image)
+    with atomic_path(path) as tmp:
+        if suffix == ".npy":
+            with open(tmp, "wb") as handle:
+                np.save(handle, image)
+        elif suffix == ".png":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, _to_uint8(image), extension=".png")
+        elif suffix in (".nii", ".nii.gz"):
+            from .nifti import write_nifti
+
+            write_nifti(tmp, image, axes or ("ZYX" if image.ndim == 3 else "YX"), spacing)
+        else:
+            import tifffile
+
+            metadata = None
+            if axes:
+                metadata = {"axes": axes.replace("S", "Q")}
+                for axis, size in spacing.items():
+                    if axis in "ZYX" and axis in axes:
+                        metadata[f"PhysicalSize{axis}"] = float(size)
+            tifffile.imwrite(tmp, image, ome=bool(axes), metadata=metadata)
+    return path
+
+
+def _to_uint8(image):
+    # PNG holds 8-bit data: rescale float results to 0-255 rather than clip them.
+    if image.dtype == np.uint8:
+        return image
+    low, high = float(np.min(image)), float(np.max(image))
+    scaled = (image - low) / (high - low) if high > low else np.zeros_like(image, np.float32)
+    return np.round(scaled * 255).astype(np.uint8)

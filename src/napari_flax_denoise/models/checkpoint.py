@@ -1,0 +1,208 @@
+"""Self-describing model directories.
+
+A model directory holds ``model.json`` (package version, the full
+:class:`~napari_flax_denoise.config.Config`, normalisation statistics and a
+training summary) and ``weights.npz`` (one array per parameter, named by its
+path in the network). :func:`load_model` rebuilds the network from the JSON
+alone and fills it with the weights. Training also keeps ``last/`` (weights,
+optimiser state and loop state) so that ``--resume`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from .._version import __version__
+from ..config import Config
+from ..errors import UserInputError
+from ..io.files import atomic_path
+from ..network.unet import UNet
+from .embedded import embedded_models, embedded_path
+from .normalization import Normalization
+
+FORMAT = "napari-flax-denoise-model"
+MODEL_FILE, WEIGHTS_FILE = "model.json", "weights.npz"
+
+
+@dataclass
+class TrainedModel:
+    """A network with everything needed to apply it.
+
+    Attributes
+    ----------
+    config : Config
+    network : UNet
+    input_norm : Normalization
+        Statistics of the training inputs.
+    output_norm : Normalization
+        Statistics used to map predictions back to intensities (the targets'
+        for ``care``; the inputs' otherwise).
+    info : dict
+        Free-form provenance: training summary, source path, name.
+    """
+
+    config: Config
+    network: UNet
+    input_norm: Normalization
+    output_norm: Normalization
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.info.get("name", "model")
+
+
+def build_network(config: Config, seed: int | None = None) -> UNet:
+    """A freshly initialised network for ``config``."""
+    return UNet(config, rngs=nnx.Rngs(config.seed if seed is None else seed))
+
+
+def tree_to_arrays(tree) -> dict[str, np.ndarray]:
+    """Flatten a pytree into ``{path: array}`` with readable path names."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def arrays_to_tree(arrays: dict, like, source: str):
+    """Fill the structure of ``like`` with ``arrays`` saved by :func:`tree_to_arrays`."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    filled = []
+    for path, leaf in leaves:
+        key = jax.tree_util.keystr(path)
+        if key not in arrays or arrays[key].shape != np.shape(leaf):
+            raise UserInputError(
+                f"'{source}' does not match its configuration (parameter {key} missing or of the "
+                "wrong shape); the model is corrupted, so retrain or copy it again."
+            )
+        filled.append(jax.numpy.asarray(arrays[key], dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, filled)
+
+
+def save_arrays(path: Path, arrays: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_arrays(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise UserInputError(f"'{path}' is missing; the model directory is incomplete, so retrain or copy it again.") from None
+    except Exception as err:
+        raise UserInputError(f"'{path}' cannot be read ({type(err).__name__}); the model is corrupted, "
+                             "so retrain or copy it again.") from None
+
+
+def write_json(path: Path, values: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(values, indent=2))
+
+
+def save_model(model: TrainedModel, directory: str | Path, *, params=None) -> Path:
+    """Write ``model`` (or ``params`` in its structure) to ``directory``.
+
+    Parameters
+    ----------
+    model : TrainedModel
+    directory : str or Path
+        Created when missing; existing files are replaced atomically.
+    params : pytree, optional
+        Parameters to save instead of the network's current ones.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    params = nnx.state(model.network, nnx.Param) if params is None else params
+    save_arrays(directory / WEIGHTS_FILE, tree_to_arrays(params))
+    write_json(directory / MODEL_FILE, {
+        "format": FORMAT,
+        "format_version": 1,
+        "package_version": __version__,
+        "config": model.config.to_dict(),
+        "normalization": {"input": model.input_norm.to_dict(), "output": model.output_norm.to_dict()},
+        "info": model.info,
+    })
+    return directory
+
+
+def read_model_json(directory: Path) -> dict:
+    path = directory / MODEL_FILE
+    if not directory.is_dir():
+        raise UserInputError(f"Model '{directory}' does not exist; give a model directory written by 'flax-denoise train'.")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"'{directory}' is not a model directory (no {MODEL_FILE}); give one written by 'flax-denoise train'.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserInputError(f"'{path}' is not valid JSON; the model is corrupted, so retrain or copy it again.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserInputError(f"'{path}' is not a napari-flax-denoise model description; give a model directory written by 'flax-denoise train'.")
+    return meta
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Rebuild a model from its directory.
+
+    Parameters
+    ----------
+    path : str or Path
+        A directory written by :func:`save_model` / ``flax-denoise train``,
+        or the name of an embedded model (``flax-denoise models``) when no
+        such directory exists.
+
+    Returns
+    -------
+    TrainedModel
+    """
+    directory = Path(path)
+    if not directory.exists():
+        directory = embedded_path(str(path)) or directory
+    meta = read_model_json(directory)
+    try:
+        config = Config.from_dict(meta["config"])
+        norms = meta["normalization"]
+        input_norm, output_norm = Normalization.from_dict(norms["input"]), Normalization.from_dict(norms["output"])
+    except (KeyError, TypeError, UserInputError) as err:
+        raise UserInputError(f"'{directory / MODEL_FILE}' is incomplete or invalid ({err}); the model is corrupted, so retrain it.") from None
+    abstract = nnx.eval_shape(lambda: build_network(config))
+    graphdef, like = nnx.split(abstract)
+    params = arrays_to_tree(load_arrays(directory / WEIGHTS_FILE), like, str(directory / WEIGHTS_FILE))
+    network = nnx.merge(graphdef, params)
+    info = dict(meta.get("info", {}))
+    info.setdefault("name", directory.name)
+    info["path"] = str(directory)
+    return TrainedModel(config, network, input_norm, output_norm, info)
+
+
+@lru_cache(maxsize=4)
+def load_embedded(name: str) -> TrainedModel:
+    """Load (once per process) the embedded model ``name`` (see :func:`.embedded.embedded_models`)."""
+    return load_model(embedded_path(name))
+
+
+def resolve_model(model) -> TrainedModel:
+    """Accept a :class:`TrainedModel`, a model directory or an embedded model's name.
+
+    Raises
+    ------
+    UserInputError
+        When ``model`` is none of these.
+    """
+    if isinstance(model, TrainedModel):
+        return model
+    if isinstance(model, (str, Path)):
+        if not Path(model).exists() and embedded_path(str(model)) is not None:
+            return load_embedded(str(model))
+        if not Path(model).exists():
+            raise UserInputError(f"Model '{model}' is neither a model directory nor an embedded model "
+                                 f"({', '.join(embedded_models()) or 'none'}); check the name or path.")
+        return load_model(model)
+    raise UserInputError("model must be a trained model, a model directory or an embedded model's name.")

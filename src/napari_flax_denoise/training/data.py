@@ -1,0 +1,77 @@
+"""Training data: normalisation, patch shape, train / validation samplers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from ..config import Config
+from ..models.normalization import Normalization
+from .patches import PatchSampler, fit_patch_shape, split_rows
+
+VALIDATION_BATCHES = 4
+
+
+@dataclass
+class TrainingData:
+    """Everything the training loop draws batches from.
+
+    Attributes
+    ----------
+    train : PatchSampler
+        Random augmented patches from the training rows.
+    val : list of tuple
+        Fixed validation batches ``(inputs, targets)`` from the held-out rows
+        (empty when ``val_fraction`` is 0).
+    input_norm, output_norm : Normalization
+    patch_shape : tuple of int
+    """
+
+    train: PatchSampler
+    val: list
+    input_norm: Normalization
+    output_norm: Normalization
+    patch_shape: tuple
+
+    @classmethod
+    def build(cls, images, targets, layouts, config: Config) -> "TrainingData":
+        """Prepare samplers from user-layout ``images`` (and ``targets``) described by ``layouts``."""
+        xs = [layout.to_model(image) for image, layout in zip(images, layouts)]
+        ts = None if targets is None else [layout.to_model(t) for t, layout in zip(targets, layouts)]
+        input_norm, output_norm, per_input, per_target = _normalise(xs, ts, config)
+        patch_shape = fit_patch_shape([x.shape[1:-1] for x in xs], config.patch_size, 2**config.depth)
+        splits = [split_rows(x.shape[-3], patch_shape[-2], config.val_fraction) for x in xs]
+        common = dict(patch_shape=patch_shape, input_norms=per_input, target_norms=per_target)
+        train = PatchSampler(xs, ts, rows=[s[0] for s in splits], augment=config.augment, seed=config.seed, **common)
+        val = []
+        if config.val_fraction > 0:
+            sampler = PatchSampler(xs, ts, rows=[s[1] for s in splits], augment=False, seed=config.seed + 1, **common)
+            val = [sampler.sample(config.batch_size) for _ in range(VALIDATION_BATCHES)]
+        return cls(train, val, input_norm, output_norm, patch_shape)
+
+    def validation_loss(self, eval_step, params, key) -> float:
+        """Mean loss over the fixed validation batches (fixed masks too)."""
+        key = jax.random.fold_in(key, 2**31 - 1)  # a stream the train steps never use
+        losses = [eval_step(params, x, x if y is None else y, jax.random.fold_in(key, i))
+                  for i, (x, y) in enumerate(self.val)]
+        return float(np.mean([float(loss) for loss in losses]))
+
+
+def _normalise(xs, ts, config: Config):
+    """The statistics saved with the model, and the ones each image's (and target's)
+    patches are normalised with as they are cut (arrays are never normalised whole:
+    they may be larger than memory)."""
+    if config.normalize_per_image:  # each image and its target on the image's own scale, saved as identity
+        norms = [Normalization.fit([x], config.normalization) for x in xs]
+        identity = Normalization.identity(xs[0].shape[-1])
+        return identity, identity, norms, None if ts is None else norms
+    input_norm = Normalization.fit(xs, config.normalization)
+    if config.algorithm == "care":
+        output_norm = Normalization.fit(ts, config.normalization)
+    elif config.algorithm == "n2n":  # both sides are noisy views of one signal: one scale
+        input_norm = output_norm = Normalization.fit(xs + ts, config.normalization)
+    else:
+        output_norm = input_norm
+    return input_norm, output_norm, [input_norm] * len(xs), None if ts is None else [output_norm] * len(ts)

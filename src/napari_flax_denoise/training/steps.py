@@ -1,0 +1,122 @@
+"""Loss, optimiser and the jitted train / validation steps.
+
+The step functions are pure: parameters and optimiser state go in and come
+out (donated, so XLA updates them in place), and the batch shape is fixed, so
+each compiles once per training run. They are kept for later runs of the
+same network and settings in the same process (a script's or notebook's
+loop over seeds or images), which then compile nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ..config import Config
+from .masking import blind_spot_mask, gather_pixels
+from ..runtime.backend import Profile, active
+
+
+def loss_fn(network, inputs, targets, key, config: Config, profile: Profile | None = None):
+    """Training loss of ``network`` on one batch.
+
+    Parameters
+    ----------
+    network : UNet
+    inputs : jax.Array, shape (B, *patch, C_in)
+        Normalised noisy patches.
+    targets : jax.Array, shape (B, *patch, C_out)
+        Normalised targets (ignored by the blind-spot algorithms).
+    key : jax.Array
+        PRNG key for blind-spot masking.
+    config : Config
+    profile : Profile, optional
+        Backend profile whose training forward route to take (default: the active one).
+
+    Returns
+    -------
+    jax.Array
+        Scalar loss: MSE at the masked pixels for ``n2v``/``n2v2``; MSE or L1
+        over all pixels for ``care``/``n2n``.
+    """
+    forward = (profile or active()).training_forward
+    if config.self_supervised:
+        masked, index = blind_spot_mask(key, inputs, mask_fraction=config.mask_fraction,
+                                        median=config.algorithm == "n2v2")
+        prediction = gather_pixels(forward(network, masked), index)
+        return jnp.mean((prediction - gather_pixels(inputs, index)) ** 2)
+    error = forward(network, inputs) - targets
+    return jnp.mean(error**2) if config.loss == "mse" else jnp.mean(jnp.abs(error))
+
+
+def schedule(config: Config) -> optax.Schedule:
+    """Linear warm-up, then cosine decay to 2% of the peak over the planned steps.
+
+    The floor keeps learning alive on small data, where plateau schedulers
+    shrink the rate to nothing after a few noisy epochs.
+    """
+    total = config.epochs * config.steps_per_epoch
+    warmup = max(1, min(200, total // 20))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=config.learning_rate * 0.05, peak_value=config.learning_rate,
+        warmup_steps=warmup, decay_steps=max(total, warmup + 1), end_value=config.learning_rate * 0.02,
+    )
+
+
+def optimizer(config: Config) -> optax.GradientTransformation:
+    """Adam or AdamW on the warm-up + cosine schedule, with gradient clipping."""
+    rate = schedule(config)
+    if config.optimizer == "adamw":
+        core = optax.adamw(rate, weight_decay=config.weight_decay)
+    else:
+        core = optax.adam(rate)
+    return optax.chain(optax.clip_by_global_norm(1.0), core)
+
+
+# Settings the steps do not depend on: runs differing only in these share compiled steps.
+_NOT_IN_STEPS = ("seed", "patience", "val_fraction")
+_KEPT_STEPS: dict = {}
+_MAX_KEPT = 8
+
+
+def make_steps(graphdef, config: Config):
+    """The jitted ``train_step`` and ``eval_step`` for one network structure and its settings.
+
+    Returns
+    -------
+    train_step : callable
+        ``(params, opt_state, inputs, targets, key) -> (params, opt_state, loss)``
+        with ``opt_state`` from ``optimizer(config).init(params)``;
+        ``opt_state`` is donated. ``params`` is not, so that snapshots of
+        earlier steps stay valid (the weights are small next to activations).
+    eval_step : callable
+        ``(params, inputs, targets, key) -> loss``.
+    """
+    profile = active()  # its forward route is traced into the steps
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_STEPS}
+    key = (graphdef, profile.name, json.dumps(settings, sort_keys=True))
+    if key not in _KEPT_STEPS:
+        if len(_KEPT_STEPS) >= _MAX_KEPT:
+            del _KEPT_STEPS[next(iter(_KEPT_STEPS))]
+        _KEPT_STEPS[key] = _compile_steps(graphdef, config, optimizer(config), profile)
+    return _KEPT_STEPS[key]
+
+
+def _compile_steps(graphdef, config: Config, tx: optax.GradientTransformation, profile: Profile):
+    """The two jitted steps of :func:`make_steps`, new (they compile on their first call)."""
+
+    def loss_of(params, inputs, targets, key):
+        return loss_fn(nnx.merge(graphdef, params), inputs, targets, key, config, profile)
+
+    @partial(jax.jit, donate_argnums=1)
+    def train_step(params, opt_state, inputs, targets, key):
+        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return train_step, jax.jit(loss_of)
