@@ -29,7 +29,7 @@ from skimage import data as skdata  # noqa: E402
 from napari_flax_denoise import Config, classical_denoise, denoise, evaluate, train_iter  # noqa: E402
 from napari_flax_denoise.models.checkpoint import TrainedModel, build_network  # noqa: E402
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE  # noqa: E402
-from napari_flax_denoise.runtime.backend import active  # noqa: E402
+from napari_flax_denoise.runtime.backend import active, configure_process  # noqa: E402
 from napari_flax_denoise.training import start_run  # noqa: E402
 from napari_flax_denoise.models.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.network.unet import halo as network_halo  # noqa: E402
@@ -519,7 +519,7 @@ def main():
                         help="only redo the convolution-by-convolution speeds, keeping the rest of the results file")
     parser.add_argument("--output", default=str(HERE / "results.json"))
     args = parser.parse_args()
-    active().configure_process("train")  # this process is ours, as the command line's is
+    configure_process("train")  # this process is ours, as the command line's is
     quick = args.quick
     if args.tiling_only:
         results = json.loads(Path(args.output).read_text())

@@ -9,16 +9,17 @@ from skimage import data
 from napari_flax_denoise import Config, train
 
 
-# Test files of the core: run a second time in CI with NAPARI_FLAX_DENOISE_BACKEND=accelerator,
-# so that the accelerator path runs on the CPU too (README: the test command).
-CORE = {"test_backend", "test_model", "test_prediction", "test_training", "test_fusion", "test_masking",
-        "test_normalization", "test_embedded", "test_checkpoint", "test_progress"}
+# Test files whose code paths depend on the backend profile (inference route, training forward,
+# tiles per call): CI runs them a second time with NAPARI_FLAX_DENOISE_BACKEND=accelerator, so
+# that the accelerator path runs on the CPU too (README: the test command). The network's own
+# tests (test_model) call it with XLA's convolution or the CPU route directly, on any backend.
+CORE = {"test_backend", "test_resident", "test_prediction", "test_training", "test_fusion", "test_embedded"}
 
 
 def pytest_configure(config):
     """The command lines and training children the tests start keep compiled programs in one folder
     of this session (see runtime.compile_cache), not in the user's cache."""
-    config.addinivalue_line("markers", "core: the engine's tests, also run with the accelerator profile")
+    config.addinivalue_line("markers", "core: tests whose path depends on the backend profile (run twice in CI)")
     config.addinivalue_line("markers", "float32: compare at float32 precision (no TF32 on accelerators)")
     config.addinivalue_line("markers", "slow: left out of the accelerator profile's second run")
     config.xla_cache = tempfile.mkdtemp(prefix="flax-denoise-tests-xla-")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from napari_flax_denoise import Config, denoise, train_iter, use_backend
-from napari_flax_denoise.inference.tiling import default_tile_shape
+from napari_flax_denoise.runtime.devices import default_batch_size
 from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
 from napari_flax_denoise.models.normalization import Normalization
 from napari_flax_denoise.progress import drive
@@ -59,14 +59,13 @@ def test_the_accelerator_profile_denoises_like_the_cpu_profile(algorithm, axes, 
 
 
 def test_the_profiles_take_their_own_routes():
-    """Tiles, tiles per call and the convolution differ, so the equivalence above compares two paths."""
+    """Tiles per call, the inference route and the convolution differ, so the equivalence above compares two paths."""
     config = Config(features=8)
     with use_backend("cpu") as cpu:
-        cpu_tiles = default_tile_shape((1250, 150), config)
+        assert default_batch_size(1000, 8) == 1
     with use_backend("accelerator") as accelerator:
-        accelerator_tiles = default_tile_shape((1250, 150), config)
-    assert cpu_tiles[0] > accelerator_tiles[0] and cpu_tiles[1] == accelerator_tiles[1]
-    assert (cpu.tiles_per_device, accelerator.tiles_per_device) == (1, 8)
+        assert default_batch_size(1000, 8) == 8  # this CPU states no memory: the profile's number
+    assert not cpu.resident_inference and accelerator.resident_inference
     network = build_network(config)
     x = np.zeros((2, 32, 32, 1), np.float32)
     programs = {p.name: str(jax.make_jaxpr(lambda x, p=p: p.training_forward(network, x))(x))

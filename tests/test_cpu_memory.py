@@ -69,9 +69,9 @@ def test_kept_memory_is_returned_a_moment_after_the_last_job(monkeypatch):
 
 
 def test_the_cpu_profile_runs_steps_inline_only_in_processes_that_ask():
-    code = ("import jax; from napari_flax_denoise.runtime.backend import PROFILES; "
+    code = ("import jax; from napari_flax_denoise.runtime.backend import configure_process; "
             "before = jax.config.values['jax_cpu_enable_async_dispatch']; "
-            "PROFILES['cpu'].configure_process('train'); "
+            "configure_process('train'); "
             "print(before, jax.config.values['jax_cpu_enable_async_dispatch'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
@@ -107,8 +107,8 @@ _STEPS_SCRIPT = """
 import resource
 import numpy as np
 from napari_flax_denoise import Config, train_iter
-from napari_flax_denoise.runtime.backend import PROFILES
-PROFILES["cpu"].configure_process("train")  # as the command line and the training child do
+from napari_flax_denoise.runtime.backend import configure_process
+configure_process("train")  # as the command line and the training child do
 image = np.random.default_rng(0).normal(100, 20, (256, 256)).astype(np.float32)
 run = train_iter(image, axes="YX", config=Config(epochs=1, steps_per_epoch=100, val_fraction=0.0))
 for _ in range(3):

@@ -25,8 +25,9 @@ print(json.dumps({"devices": Placement(config.batch_size).count, "losses": losse
 """
 
 
-def _start(devices: int) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+def _start(devices: int, backend: str = "cpu") -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "NAPARI_FLAX_DENOISE_BACKEND": backend}
     return subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
@@ -43,6 +44,11 @@ def test_two_devices_train_and_denoise_like_one():
     assert (one["devices"], two["devices"]) == (1, 2)
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-3)
     assert one["out"] == pytest.approx(two["out"], rel=1e-3, abs=1e-2)
+    # The accelerator profile on two devices: tiles cut on the device and split over both.
+    two_resident = _result(_start(2, "accelerator"))
+    assert two_resident["devices"] == 2
+    assert one["losses"] == pytest.approx(two_resident["losses"], rel=1e-3)
+    assert one["out"] == pytest.approx(two_resident["out"], rel=1e-3, abs=1e-2)
 
 
 def test_split_hands_over_a_batch_already_on_the_device():

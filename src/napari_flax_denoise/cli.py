@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="keep the network's prediction as it is (by default, for n2v / n2v2 models and general-2d, "
                               "it is combined with each noisy pixel, weighted by the estimated noise, wherever "
                               "that is clearly better)")
+    denoise.add_argument("--precision", choices=["float32", "bf16", "bfloat16"], default="float32",
+                         help="the network's arithmetic: bf16 is about twice as fast on GPUs with tensor cores, "
+                              "at a small cost in quality (default: float32)")
     denoise.add_argument("--scheduler", metavar="ADDRESS",
                          help="dask.distributed scheduler to spread the planes over (e.g. tcp://10.0.0.5:8786)")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -102,11 +105,10 @@ def _progress(job, quiet, unit, describe=None):
 
 def _start_process(job: str):
     """Set up this process (ours alone) for ``job`` before JAX computes anything; returns the backend profile."""
-    from .runtime.backend import active
+    from .runtime.backend import configure_process
     from .runtime.compile_cache import enable_compilation_cache
 
-    profile = _profile(active)
-    profile.configure_process(job)
+    profile = _profile(lambda: configure_process(job))  # before JAX makes its backends
     enable_compilation_cache()  # before anything compiles; see runtime.compile_cache
     return profile
 
@@ -192,7 +194,7 @@ def _denoise(args):
         model, axes = _default_model(axes, len(image.shape))
     tta = args.tta or args.uncertainty is not None
     options = dict(axes=axes, tile_shape=args.tile_shape, tta=tta, return_std=args.uncertainty is not None,
-                   fusion=args.fusion)
+                   fusion=args.fusion, precision=args.precision)
     # The output keeps the axes the file or the user gave (Z stays Z when planes were denoised one by one).
     same_axes = next((a for a in (file_axes, args.axes) if a and len(a) == len(image.shape)), axes)
     if args.scheduler:

@@ -2,6 +2,10 @@
 
 ``prediction``
     ``denoise`` / ``denoise_iter``: normalisation, tiles, test-time augmentation, lazy stacks.
+``resident``
+    The accelerator route: the image stays on the device, tiles are cut and stitched there.
+``augmentation``
+    Test-time augmentation over the 8 symmetries of the YX plane.
 ``tiling``
     Tile shapes and spans.
 ``fusion``, ``noise``
@@ -15,5 +19,4 @@ from .._lazy import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "denoise": "prediction",
     "denoise_iter": "prediction",
-    "DenoiseProgress": "prediction",
 })

@@ -14,7 +14,7 @@ about its own size.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -29,25 +29,24 @@ from ..network.unet import halo as network_halo
 from ..progress import Progress, drive, relay
 from ..runtime.backend import active
 from ..runtime.devices import Placement, default_batch_size
+from .augmentation import tta_mean_std
 from .fusion import fuse_images, fusion_applies
+from .resident import apply_network, predict_resident
 from .tiling import check_tiling, default_tile_shape, edge_margin, tile_spans
 
 
-@dataclass(frozen=True)
-class DenoiseProgress(Progress):
-    """Progress of :func:`denoise_iter`: ``done`` of ``total`` tile batches."""
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _forward(graphdef, conv, precision, state, batch, valid):
+    return apply_network(graphdef, state, batch, valid, conv, precision)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _forward(graphdef, conv, state, batch, valid):
-    return nnx.merge(graphdef, state)(batch, valid, conv=conv, upsample_in_conv=True)
+def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, batch_size, precision="float32"):
+    """Apply the network to normalised model-layout ``images`` tile by tile, cut on the host.
 
-
-def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, batch_size):
-    """Apply the network to normalised model-layout ``images`` tile by tile.
-
-    A generator: yields :class:`DenoiseProgress` after every batch of tiles
-    and returns the prediction ``(N, *spatial, C_out)`` as float32.
+    A generator: yields :class:`~napari_flax_denoise.progress.Progress` after
+    every batch of tiles and returns the prediction ``(N, *spatial, C_out)``
+    as float32. The accelerator profile's route is
+    :func:`.resident.predict_resident`.
     """
     profile = active()
     graphdef, state = nnx.split(model.network)
@@ -70,7 +69,7 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
             batch[(i, *(slice(0, size) for _, size, _, _ in tile))] = \
                 padded[tuple(slice(start, start + size) for start, size, _, _ in tile)]
             valid[i] = [size for _, size, _, _ in tile]
-        result = np.asarray(_forward(graphdef, profile.convolution, state, placement.split(batch),
+        result = np.asarray(_forward(graphdef, profile.convolution, precision, state, placement.split(batch),
                                      placement.split(valid)))
         for (n, tile), prediction in zip(chunk, result):
             keep = [(max(keep_from, margin), min(keep_to, margin + size), start)
@@ -78,25 +77,13 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
             if all(lo < hi for lo, hi, _ in keep):
                 target = tuple(slice(lo - margin, hi - margin) for lo, hi, _ in keep)
                 out[(n, *target)] = prediction[tuple(slice(lo - start, hi - start) for lo, hi, start in keep)]
-        yield DenoiseProgress(done, total)
+        yield Progress(done, total)
     return out
 
 
-# The 8 symmetries of the YX square: (quarter turns, flip X).
-_TTA = [(k, flip) for k in range(4) for flip in (False, True)]
-
-
-def _apply(x, k, flip, dims, inverse=False):
-    yx = (dims - 1, dims)  # Y, X axes in (N, [Z,] Y, X, C)
-    if not inverse:
-        x = np.flip(x, dims) if flip else x
-        return np.rot90(x, k, axes=yx)
-    x = np.rot90(x, -k, axes=yx)
-    return np.flip(x, dims) if flip else x
-
-
 def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
-                 tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None):
+                 tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None,
+                 precision: str = "float32"):
     """Generator form of :func:`denoise`: yields progress, returns the result.
 
     ``out`` (optional, lazy inputs): a writable array of the result's shape,
@@ -106,7 +93,7 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     """
     model = resolve_model(model)
     options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std,
-                   fusion=fusion)
+                   fusion=fusion, precision=check_precision(precision))
     with active().memory():  # on a CPU, each tile reuses the last one's pages
         if is_lazy(image):
             return (yield from _denoise_lazy(image, model, axes, options, out))
@@ -117,37 +104,70 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     return (out, result[1]) if return_std else out
 
 
+PRECISIONS = {"float32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def check_precision(precision: str) -> str:
+    """``"float32"`` or ``"bfloat16"`` (``"bf16"`` accepted), else a :class:`UserInputError`."""
+    if precision not in PRECISIONS:
+        raise UserInputError(f"precision must be 'float32' or 'bfloat16' (bf16), not {precision!r}.")
+    return PRECISIONS[precision]
+
+
 def _denoise_lazy(image, model, axes, options, out=None):
-    """Denoise a lazy array one S/T (and, for one-channel models, C) plane at a time."""
+    """Denoise a lazy array one S/T (and, for one-channel models, C) plane at a time.
+
+    On the device-resident route the next plane is read, and the last one
+    written, by threads while this one is denoised.
+    """
     axes = validate_axes(axes, len(image.shape))
     outer = [i for i, a in enumerate(axes) if a in "ST" or (a == "C" and model.config.in_channels == 1)]
-    counts = [image.shape[i] for i in outer]
-    planes = list(np.ndindex(*counts))
-    inner_axes = "".join(a for i, a in enumerate(axes) if i not in outer)
-    outputs = None
-    for number, plane in enumerate(planes):
+    indices = []
+    for plane in np.ndindex(*[image.shape[i] for i in outer]):
         index = [slice(None)] * len(axes)
         for i, k in zip(outer, plane):
             index[i] = k
-        block = np.asarray(image[tuple(index)])
-        if block.size and block.min() == block.max() and model.config.out_channels == model.config.in_channels:
-            # A blank frame (common in time-lapses) stays blank, with no uncertainty.
-            result = (block.astype(np.float32),) + ((np.zeros(block.shape, np.float32),) if options["return_std"] else ())
-        else:
-            inner = _denoise_array(block, model, inner_axes, **options)
-            result = yield from relay(inner, lambda step, number=number: DenoiseProgress(
-                number * step.total + step.done, len(planes) * step.total))
-        result = result if isinstance(result, tuple) else (result,)
-        if outputs is None:  # outer axes keep their place; a new trailing C may follow
-            shapes = [tuple(image.shape) + r.shape[len(inner_axes):] for r in result]
-            outputs = [out if i == 0 and out is not None else np.empty(shape, np.float32)
-                       for i, shape in enumerate(shapes)]
-        for out, r in zip(outputs, result):
-            out[tuple(index)] = r
+        indices.append(tuple(index))
+    inner_axes = "".join(a for i, a in enumerate(axes) if i not in outer)
+    overlap = active().resident_inference
+    outputs = None
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        written = []
+        ahead = reader.submit(_read, image, indices[0]) if overlap else None
+        for number, index in enumerate(indices):
+            block = ahead.result() if overlap else _read(image, index)
+            if overlap and number + 1 < len(indices):
+                ahead = reader.submit(_read, image, indices[number + 1])
+            if block.size and block.min() == block.max() and model.config.out_channels == model.config.in_channels:
+                # A blank frame (common in time-lapses) stays blank, with no uncertainty.
+                result = (block.astype(np.float32),) + ((np.zeros(block.shape, np.float32),)
+                                                        if options["return_std"] else ())
+            else:
+                inner = _denoise_array(block, model, inner_axes, **options)
+                result = yield from relay(inner, lambda step, number=number: Progress(
+                    number * step.total + step.done, len(indices) * step.total))
+            result = result if isinstance(result, tuple) else (result,)
+            if outputs is None:  # outer axes keep their place; a new trailing C may follow
+                shapes = [tuple(image.shape) + r.shape[len(inner_axes):] for r in result]
+                outputs = [out if i == 0 and out is not None else np.empty(shape, np.float32)
+                           for i, shape in enumerate(shapes)]
+            for target, r in zip(outputs, result):
+                if overlap:
+                    written.append(writer.submit(target.__setitem__, index, r))
+                else:
+                    target[index] = r
+            while written and (written[0].done() or len(written) > 2):
+                written.pop(0).result()  # a failed write fails the job
+        for future in written:
+            future.result()
     return tuple(outputs) if options["return_std"] else outputs[0]
 
 
-def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion):
+def _read(image, index):
+    return np.asarray(image[index])
+
+
+def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion, precision):
     config = model.config
     image, layout = check_image(image, axes)
     if image.min() == image.max():
@@ -181,14 +201,10 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         tile_shape = default_tile_shape(layout.spatial_shape, config)
     tile_shape, halos = check_tiling(tile_shape, overlap, layout.spatial_shape, config)
     if batch_size is None:
-        batch_size = default_batch_size()
+        batch_size = default_batch_size(int(np.prod(tile_shape)), config.features)
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
-    if not tta:
-        mean = yield from predict_tiled(model, x, tile_shape, halos, batch_size)
-        std = None
-    else:
-        mean, std = yield from _tta_mean_std(model, x, tile_shape, halos, batch_size, return_std)
+    mean, std = yield from _predict(model, x, tile_shape, halos, batch_size, tta, return_std, precision)
     if fusion:
         # Fusion mixes the noisy image into the prediction, so both must be on the prediction's scale:
         # a care model's targets have their own normalisation (a care model's output fused on the
@@ -205,27 +221,31 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     return (result, layout.from_model(std)[0]) if return_std else result
 
 
-def _tta_mean_std(model, x, tile_shape, halos, batch_size, with_std):
-    """Mean (and standard deviation, if ``with_std``) of the 8 YX symmetries' predictions, in float64 sums."""
-    dims = x.ndim - 2
-    total = sq = None
-    for number, (k, flip) in enumerate(_TTA):
-        turned = np.ascontiguousarray(_apply(x, k, flip, dims))
-        shape = tile_shape if k % 2 == 0 else (*tile_shape[:-2], tile_shape[-1], tile_shape[-2])
-        pred = yield from relay(predict_tiled(model, turned, shape, halos, batch_size),  # one bar over all 8
-                                lambda step, number=number: DenoiseProgress(number * step.total + step.done,
-                                                                            len(_TTA) * step.total))
-        pred = _apply(pred, k, flip, dims, inverse=True).astype(np.float64)
-        total = pred if total is None else total + pred
-        if with_std:
-            sq = pred**2 if sq is None else sq + pred**2
-    mean = total / len(_TTA)
-    std = np.sqrt(np.maximum(sq / len(_TTA) - mean**2, 0)).astype(np.float32) if with_std else None
-    return mean.astype(np.float32), std
+def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision):
+    """The network's prediction of normalised ``x`` (and its TTA spread), by the active profile's route.
+
+    Returns host arrays (``std`` None without ``with_std``).
+    """
+    profile = active()
+    if profile.resident_inference:  # the image goes to the device once; the result comes back once
+        x = jax.device_put(x)
+
+        def predict(images, shape):
+            return predict_resident(model, images, shape, halos, batch_size, conv=profile.convolution,
+                                    precision=precision)
+    else:
+        def predict(images, shape):
+            return predict_tiled(model, images, shape, halos, batch_size, precision)
+    if tta:
+        mean, std = yield from tta_mean_std(predict, x, tile_shape, with_std)
+    else:
+        mean, std = (yield from predict(x, tile_shape)), None
+    return np.array(mean), None if std is None else np.array(std)  # writable copies: fusion works in place
 
 
 def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
-            tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None):
+            tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None,
+            precision: str = "float32"):
     """Denoise an image with a trained model.
 
     Parameters
@@ -241,15 +261,16 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
         Axes of ``image``, e.g. ``"YX"``, ``"ZYX"``, ``"TYX"``, ``"CYX"``.
     tile_shape : tuple of int, optional
         Spatial tile shape (multiples of ``2**depth``). Default: the whole
-        image when small, else 1024 (CPU) or 512 (accelerator) new pixels per
+        image when small, else 1024 new pixels per
         side plus the overlap in 2D, 96 x 160 x 160 in 3D.
     overlap : int or tuple of int, optional
         Overlap between neighbouring tiles. Default: twice the network's
         receptive radius, which makes tiling invisible.
     batch_size : int, optional
-        Tiles per compiled call (default: 1 per CPU device, 8 per
-        accelerator; with several devices the tiles of a call are spread over
-        them).
+        Tiles per compiled call (default: 1 per CPU device; 8 per
+        accelerator, or as many as half its memory holds; with several
+        devices the tiles of a call are spread over them). On accelerators the image stays on the device, where the tiles
+        are cut, predicted and stitched (see :mod:`.resident`).
     tta : bool
         Average the 8 flips / quarter turns of the YX plane.
     return_std : bool
@@ -271,6 +292,11 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
         A writable array of the result's shape (e.g. a zarr array) to fill and
         return instead of a new array; with a lazy ``image`` every plane is
         written as soon as it is done, so memory stays at one plane.
+    precision : {"float32", "bfloat16"}
+        The network's arithmetic. ``"bfloat16"`` (or ``"bf16"``) computes in
+        bfloat16, about twice as fast on GPUs with tensor cores, at a small
+        cost in PSNR (``bench/gpu.py`` measures it); float32 runs as TF32 on
+        GPUs that have it.
 
     Returns
     -------
@@ -285,4 +311,5 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
     >>> clean = denoise(noisy, "my_model", axes="YX")  # doctest: +SKIP
     """
     return drive(denoise_iter(image, model, axes=axes, tile_shape=tile_shape, overlap=overlap,
-                            batch_size=batch_size, tta=tta, return_std=return_std, fusion=fusion, out=out))
+                              batch_size=batch_size, tta=tta, return_std=return_std, fusion=fusion, out=out,
+                              precision=precision))

@@ -40,8 +40,7 @@ def default_tile_shape(spatial_shape, config) -> tuple[int, ...]:
     """Tile shape for an image: the whole image (with its margins) rounded up if small,
     else the fewest tiles under the cap, made just large enough to cover it.
 
-    In 2D the cap (the backend profile's: 1024 on a CPU, 512 on
-    accelerators) comes plus the overlap, so a
+    In 2D the cap (the backend profile's, 1024) comes plus the overlap, so a
     2048-pixel side takes two or four tiles with no pixels to spare. A side
     between caps gets tiles of equal size rather than full tiles whose last
     one reaches far past the image: on a 1200-pixel side, two tiles of 640

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..models.checkpoint import TrainedModel, load_model, save_model
 from ..errors import UserInputError
 from ..progress import drive
-from ..runtime.backend import active
+from ..runtime.backend import configure_process
 from ..training.run import TrainResult
 
 _POLL = 0.1  # seconds between looks at the stop request while waiting for the child
@@ -112,7 +112,11 @@ def _train(events, halt, images, axes, init, output, kwargs) -> None:
     """The child's work: train, sending every update and then how it ended."""
     from ..runtime.compile_cache import enable_compilation_cache
 
-    active().configure_process("train")  # a process of our own, as the command line's
+    try:
+        configure_process("train")  # a process of our own, as the command line's
+    except ValueError as error:  # a misspelt NAPARI_FLAX_DENOISE_BACKEND
+        events.put(("user_error", str(error)))
+        return
     enable_compilation_cache()  # a second training of the same network compiles nothing
     from .jobs import train_with_preview
 

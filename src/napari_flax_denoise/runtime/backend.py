@@ -14,7 +14,7 @@ the accelerator path runs (and is tested) on a CPU:
   ``accelerator`` (read when a profile is first needed);
 * from Python, ``with use_backend("accelerator"): ...``.
 
-Importing this module changes no JAX setting; :meth:`Profile.configure_process`
+Importing this module changes no JAX setting; :func:`configure_process`
 does, and only the processes this package owns (the command line, the
 training widget's child, the benchmark) call it.
 """
@@ -47,11 +47,17 @@ class Profile:
         side, the overlap comes on top; 3D: voxels per axis).
     tiles_per_device : int
         Tiles per compiled inference call on each device.
+    resident_inference : bool
+        Whether inference keeps the image on the device and cuts, predicts
+        and stitches tiles there (accelerators), or cuts tiles on the host and
+        sends them one batch at a time (a CPU, where host and device share
+        memory and 64-byte aligned host buffers ran fastest).
     """
 
     name: str
     tile_cap: dict = field(hash=False, compare=False)
     tiles_per_device: int
+    resident_inference: bool
 
     @property
     def convolution(self) -> Callable:
@@ -93,35 +99,16 @@ class Profile:
             return aligned_zeros(shape, dtype)
         return np.zeros(shape, dtype)
 
-    def configure_process(self, job: str) -> None:
-        """Process-wide settings for a process this package owns, before JAX computes anything.
-
-        Parameters
-        ----------
-        job : {"denoise", "train"}
-            What the process will mostly do.
-
-        On a CPU: JAX's asynchronous dispatch off (steps run on the calling
-        thread, whose memory glibc keeps), and for a process that only
-        denoises one malloc arena for all threads (see :mod:`.cpu.memory`).
-        Accelerators need nothing yet. Library code never calls this: a
-        notebook's JAX settings stay its own.
-        """
-        if job not in ("denoise", "train"):
-            raise ValueError(f"job must be 'denoise' or 'train', not {job!r}")
-        if self.name == "cpu":
-            from .cpu.memory import run_cpu_steps_inline, share_one_arena
-
-            if job == "denoise":
-                share_one_arena()
-            run_cpu_steps_inline()
 
 
 # A CPU runs one large tile per call (1088 against 576 pixels: 1.19x on 2048x2048, 1.3 GB
-# peak); accelerators run eight 512-pixel tiles per call.
+# peak). Accelerators take the same large tiles, whose overlap wastes the fewest pixels
+# (2048x2048: 1.08x its pixels against 1.21x with 512-pixel tiles), eight per call or as
+# many as their memory holds (see devices.default_batch_size).
+_CAPS = {2: (1024, 1024), 3: (96, 160, 160)}
 PROFILES = {
-    "cpu": Profile("cpu", {2: (1024, 1024), 3: (96, 160, 160)}, tiles_per_device=1),
-    "accelerator": Profile("accelerator", {2: (512, 512), 3: (96, 160, 160)}, tiles_per_device=8),
+    "cpu": Profile("cpu", _CAPS, tiles_per_device=1, resident_inference=False),
+    "accelerator": Profile("accelerator", _CAPS, tiles_per_device=8, resident_inference=True),
 }
 
 _lock = threading.Lock()
@@ -175,6 +162,43 @@ def describe() -> dict:
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "platform": jax.default_backend(),
             "devices": [f"{d.id}: {d.device_kind} ({d.platform})" for d in jax.devices()],
             "detected": detected(), "profile": active().name}
+
+
+def configure_process(job: str) -> Profile:
+    """Process-wide settings for a process this package owns; call it before JAX computes anything.
+
+    Parameters
+    ----------
+    job : {"denoise", "train"}
+        What the process will mostly do.
+
+    Returns
+    -------
+    Profile
+        The profile in force (see :func:`active`).
+
+    JAX's CPU client runs steps on the calling thread, whose memory glibc
+    keeps (asynchronous dispatch off, see :mod:`.cpu.memory`). JAX reads that
+    setting when it creates its backends, which finding the profile does, so
+    it is set first; it changes nothing on accelerators. On the CPU profile a
+    process that only denoises also shares one malloc arena among its
+    threads (none has allocated yet). Accelerators need nothing more yet.
+    Library code never calls this: a notebook's JAX settings stay its own.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``job``, or when the environment variable names no profile.
+    """
+    if job not in ("denoise", "train"):
+        raise ValueError(f"job must be 'denoise' or 'train', not {job!r}")
+    from .cpu.memory import run_cpu_steps_inline, share_one_arena
+
+    run_cpu_steps_inline()
+    profile = active()
+    if profile.name == "cpu" and job == "denoise":
+        share_one_arena()
+    return profile
 
 
 @contextmanager

@@ -1,0 +1,101 @@
+"""The accelerator's inference route: the image stays on the device, tiles are cut and stitched there.
+It runs here on the CPU (the profile forced), and must give the host route's results."""
+
+import numpy as np
+import pytest
+
+from napari_flax_denoise import Config, denoise, use_backend
+from napari_flax_denoise.errors import UserInputError
+from napari_flax_denoise.inference.resident import fitted_batch, tile_plan
+from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
+from napari_flax_denoise.models.normalization import Normalization
+from napari_flax_denoise.progress import drive
+from napari_flax_denoise.inference.prediction import denoise_iter
+
+pytestmark = pytest.mark.float32
+
+
+def _model(algorithm="n2v2", dims=2, channels=1, features=8):
+    config = Config(algorithm=algorithm, dims=dims, features=features, in_channels=channels, out_channels=channels)
+    norm = Normalization("meanstd", (50.0,) * channels, (10.0,) * channels)
+    return TrainedModel(config, build_network(config, seed=3), norm, norm)
+
+
+@pytest.mark.parametrize("spatial, tile, halo, margin, count", [
+    ((150, 190), (96, 80), (16, 16), 8, 1), ((37, 300), (64, 128), (16, 32), 8, 3), ((20, 40, 36), (16, 32, 32), (4, 8, 8), 4, 2)])
+def test_the_tiles_keep_every_pixel_exactly_once(spatial, tile, halo, margin, count):
+    plan, extent = tile_plan(spatial, tile, halo, margin, count)
+    covered = np.zeros((count, *extent), np.int32)
+    for n, start, low, high in zip(plan["image"], plan["start"], plan["low"], plan["high"]):
+        assert all(s + t <= e for s, t, e in zip(start, tile, extent))  # every tile lies inside
+        covered[(n, *(slice(s + lo, s + hi) for s, lo, hi in zip(start, low, high)))] += 1
+    inside = (slice(None), *(slice(margin, margin + s) for s in spatial))
+    assert (covered[inside] == 1).all() and covered.sum() == count * np.prod(spatial)
+
+
+def test_a_few_tiles_take_a_small_batch_of_a_few_shapes():
+    assert [fitted_batch(8, tiles, 1) for tiles in (1, 2, 3, 4, 5, 8, 9, 100)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert [fitted_batch(16, tiles, 2) for tiles in (1, 3, 5, 40)] == [2, 4, 8, 16]  # a multiple of the devices
+    assert fitted_batch(3, 10, 1) == 3 and fitted_batch(1, 10, 1) == 1
+
+
+@pytest.mark.parametrize("axes, shape, tile", [("YX", (150, 190), (96, 80)), ("SYX", (3, 130, 150), (96, 80)),
+                                               ("ZYX", (20, 40, 36), None)])
+def test_resident_tiles_equal_the_host_route_and_the_untiled_result(axes, shape, tile):
+    model = _model(dims=3 if "Z" in axes else 2)
+    image = np.random.default_rng(0).normal(50, 10, shape).astype(np.float32)
+    with use_backend("accelerator"):
+        resident = denoise(image, model, axes=axes, tile_shape=tile, batch_size=3, fusion=False)
+        whole = denoise(image, model, axes=axes, fusion=False)  # small: one tile
+    with use_backend("cpu"):
+        host = denoise(image, model, axes=axes, tile_shape=tile, batch_size=3, fusion=False)
+    assert np.abs(host - image).max() > 1  # the network does something
+    np.testing.assert_allclose(resident, host, atol=1e-4 * np.ptp(image))
+    np.testing.assert_allclose(resident, whole, atol=1e-4 * np.ptp(image))
+
+
+def test_resident_tta_mean_std_and_fusion_equal_the_host_route():
+    model = _model()
+    image = np.random.default_rng(1).normal(50, 10, (140, 120)).astype(np.float32)
+    results = {}
+    for name in ("cpu", "accelerator"):
+        with use_backend(name):
+            events = []
+            results[name] = drive(denoise_iter(image, model, axes="YX", tile_shape=96, tta=True, return_std=True,
+                                               fusion=True), events.append)
+            assert [(e.done, e.total) for e in events] == [(i, len(events)) for i in range(1, len(events) + 1)]
+            assert len(events) % 8 == 0  # the 8 passes report as one count
+    for ours, reference in zip(results["accelerator"], results["cpu"]):
+        np.testing.assert_allclose(ours, reference, atol=1e-4 * np.ptp(image))
+    assert results["cpu"][1].max() > 0.01  # the 8 predictions differ: a real spread
+
+
+@pytest.mark.parametrize("profile", ["cpu", "accelerator"])
+def test_bfloat16_runs_close_to_float32_on_both_routes(profile):
+    model = _model(features=16)
+    image = np.random.default_rng(2).normal(50, 10, (96, 96)).astype(np.float32)
+    with use_backend(profile):
+        full = denoise(image, model, axes="YX", fusion=False)
+        half = denoise(image, model, axes="YX", fusion=False, precision="bf16")
+    error = np.abs(half - full)
+    assert 0 < error.max() < 0.05 * np.ptp(full)  # bfloat16 keeps 8 bits of mantissa
+    with pytest.raises(UserInputError, match="precision must be 'float32' or 'bfloat16'"):
+        denoise(image, model, axes="YX", precision="half")
+
+
+def test_a_lazy_stack_streams_through_the_device_into_out():
+    """The next plane is read, and the last written, by threads: the same result, one read per plane."""
+    from conftest import RecordingArray
+
+    model = _model()
+    stack = np.random.default_rng(3).normal(50, 10, (4, 80, 70)).astype(np.float32)
+    stack[2] = 7.0  # a blank frame stays blank
+    lazy, out = RecordingArray(stack), np.full(stack.shape, np.nan, np.float32)
+    with use_backend("accelerator"):
+        returned = denoise(lazy, model, axes="TYX", out=out, fusion=False)
+    with use_backend("cpu"):
+        expected = denoise(stack, model, axes="TYX", fusion=False)
+    assert returned is out and lazy.reads == [(80, 70)] * 4
+    np.testing.assert_array_equal(out[2], 7.0)
+    planes = [0, 1, 3]  # in memory the blank frame goes through the network too
+    np.testing.assert_allclose(out[planes], expected[planes], atol=1e-4 * np.ptp(stack))
