@@ -137,3 +137,54 @@ def test_bad_input_exit_2_without_traceback(files, tmp_path, case):
     assert fragment in run.stderr
     assert not (tmp_path / "out.tif").exists()
     assert {p: _digest(p) for p in inputs} == inputs  # inputs never modified
+
+
+OUTPUT_CASES = {  # output arguments -> what the sentence says; checked before anything is read or computed
+    "output is the input": (["--output", "{noisy}"], "would overwrite the input"),
+    "output is the input store": (["--output", "{store}"], "would overwrite the input"),
+    "output inside the input store": (["--output", "{store}/out.tif"], "would overwrite the input"),
+    "uncertainty is the output": (["--output", "{dir}/out.tif", "--uncertainty", "{dir}/out.tif"], "same file"),
+    "uncertainty extension": (["--output", "{dir}/out.tif", "--uncertainty", "{dir}/std.jpg"], "extension"),
+    "output is a folder": (["--output", "{folder}"], "existing folder"),
+    "output under a file": (["--output", "{plain}/out.tif"], "which is a file"),
+    "output name too long": (["--output", "{dir}/" + "n" * 230 + ".tif"], "too long"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUT_CASES))
+def test_outputs_that_would_lose_data_or_fail_late_are_refused_first(files, tmp_path, case):
+    import zarr
+
+    noisy = tmp_path / "in.tif"
+    noisy.write_bytes((files / "noisy.tif").read_bytes())
+    store = tmp_path / "in.zarr"
+    zarr.open_array(store, mode="w", shape=(64, 64), dtype="float32")[...] = 1.0
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("a file, not a folder")
+    paths = {"noisy": noisy, "store": store, "dir": tmp_path, "folder": tmp_path / "folder", "plain": tmp_path / "plain"}
+    args, fragment = OUTPUT_CASES[case]
+    source = store if "store" in case else noisy
+    before = {p: _digest(p) for p in [noisy, *store.rglob("*")] if p.is_file()}
+    listing = sorted(tmp_path.rglob("*"))
+    run = flax_denoise("denoise", source, "--model", files / "model", "--axes", "YX",
+                       *[a.format(**paths) for a in args])
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert fragment in run.stderr
+    assert {p: _digest(p) for p in before} == before and sorted(tmp_path.rglob("*")) == listing  # nothing written
+
+
+def test_a_model_folder_that_is_an_input_is_refused_before_training(files, tmp_path):
+    noisy = tmp_path / "in.tif"
+    noisy.write_bytes((files / "noisy.tif").read_bytes())
+    run = flax_denoise("train", noisy, "--axes", "YX", "--output", noisy)
+    assert run.returncode == 2 and "would overwrite the input" in run.stderr, run.stderr
+    assert _digest(noisy) == _digest(files / "noisy.tif")
+
+
+def test_outputs_get_the_users_umask(files, tmp_path):
+    command = 'umask 027 && exec "$0" -m napari_flax_denoise.cli "$@"'  # a shell sets it: no fork of this process
+    run = subprocess.run(["sh", "-c", command, sys.executable, "denoise", str(files / "noisy.tif"),
+                          "--model", str(files / "model"), "--output", str(tmp_path / "out.tif"), "--quiet"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out.tif").stat().st_mode & 0o777 == 0o640  # mkstemp alone gave 0600

@@ -136,6 +136,9 @@ def _open(path):
 
 
 def _train(args):
+    from .io.files import check_output
+
+    check_output(args.output, inputs=[*args.inputs, *(args.target or [])], folder=True)
     _start_process("train")
     from .config import Config
     from .training.prepare import train_iter
@@ -180,6 +183,11 @@ def _default_model(axes: str, ndim: int) -> tuple[str, str]:
 
 
 def _denoise(args):
+    from .io.files import check_output
+
+    check_output(args.output, inputs=[args.input])  # before anything is read or computed
+    if args.uncertainty is not None:
+        check_output(args.uncertainty, inputs=[args.input], others=[args.output])
     _start_process("denoise")
     from .io.files import write_image
     from .inference.prediction import denoise_iter

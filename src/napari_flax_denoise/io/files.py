@@ -54,7 +54,8 @@ def atomic_path(path: str | Path):
 
     A crash or error leaves ``path`` untouched (old content or absent) and
     removes the temporary file. The temporary name keeps the full extension
-    (``.nii.gz``), which some writers need.
+    (``.nii.gz``), which some writers need. The file gets the permissions
+    the user's umask gives a new file (``mkstemp`` alone makes it private).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,10 +63,71 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
+# The longest file name most file systems take; atomic_path's temporary sibling adds to the output's.
+_NAME_MAX = 255
+_TEMPORARY_EXTRA = len(".") + len(".12345678.partial")
+
+
+def check_output(path: str | Path, *, inputs=(), others=(), folder: bool = False, allowed=WRITE_SUFFIXES) -> Path:
+    """Refuse an output path that would lose data or fail only after the work is done.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output: an image file (or ``.zarr`` store), or with ``folder`` a model directory.
+    inputs : sequence of str or Path
+        Files and stores read by the job: the output may not be one, lie inside one, or hold one.
+    others : sequence of str or Path
+        Other outputs of the same job, which it may not equal.
+    folder : bool
+        The output is a directory (a model folder): no extension to check.
+    allowed : tuple of str
+        Extensions an image output may have.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    UserInputError
+        One sentence saying which path is wrong and what to do.
+    """
+    path = Path(path)
+    where = path.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if where == source or source.is_relative_to(where) or where.is_relative_to(source):
+            raise UserInputError(f"The output '{path}' would overwrite the input '{source}'; "
+                                 "write to another file or folder.")
+    for other in others:
+        if other is not None and where == Path(other).resolve():
+            raise UserInputError(f"Two outputs are the same file '{path}'; give each its own name.")
+    if not folder:
+        if path.is_dir() and _suffix(path) != ".zarr":
+            raise UserInputError(f"The output '{path}' is an existing folder; give a file name inside it.")
+        _checked_suffix(path, allowed)
+    elif path.exists() and not path.is_dir():
+        raise UserInputError(f"The model folder '{path}' is an existing file; give a folder name.")
+    parent = next((p for p in where.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserInputError(f"The output '{path}' lies under '{parent}', which is a file, not a folder.")
+    if len(path.name.encode()) + _TEMPORARY_EXTRA + len(_suffix(path)) > _NAME_MAX:
+        raise UserInputError(f"The output name '{path.name}' is too long for the file system; shorten it.")
+    return path
 
 
 def _suffix(path: Path) -> str:
