@@ -100,7 +100,6 @@ class Profile:
         return np.zeros(shape, dtype)
 
 
-
 # A CPU runs one large tile per call (1088 against 576 pixels: 1.19x on 2048x2048, 1.3 GB
 # peak). Accelerators take the same large tiles, whose overlap wastes the fewest pixels
 # (2048x2048: 1.08x its pixels against 1.21x with 512-pixel tiles), eight per call or as
