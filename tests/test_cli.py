@@ -100,6 +100,7 @@ BAD = {
     "target shape": (["train", "{noisy}", "--axes", "YX", "--algorithm", "care", "--target", "{small}"], "match"),
     "target for n2v": (["train", "{noisy}", "--axes", "YX", "--target", "{noisy}"], "drop the targets"),
     "bad extension": (["denoise", "{dir}/x.jpg"], "extension"),
+    "config is a folder": (["train", "{noisy}", "--axes", "YX", "--config", "{dir}"], "is a folder"),
     "evaluate shapes": (["evaluate", "{noisy}", "--target", "{small}"], "same shape"),
 }
 

@@ -189,13 +189,48 @@ class Config:
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":
         """Read a config from a JSON file."""
-        try:
-            values = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserInputError(f"Configuration file '{path}' does not exist; check the path.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserInputError(f"Configuration file '{path}' is not valid JSON ({err}); fix or replace it.") from None
-        return cls.from_dict(values)
+        return cls.from_dict(read_json(path, "Configuration file", "check the path, or fix or replace the file"))
+
+
+# No settings or model description comes near this; a larger "JSON" file is a mistake or an attack.
+MAX_JSON_BYTES = 16 * 2**20
+
+
+def read_json(path: str | Path, name: str, fix: str):
+    """Read a JSON file a user handed us, or raise one sentence: ``"{name} '{path}' {problem}; {fix}."``.
+
+    Parameters
+    ----------
+    path : str or Path
+    name : str
+        What the file is, for the sentence ("Configuration file").
+    fix : str
+        What the user should do.
+
+    Raises
+    ------
+    UserInputError
+        When the file is missing, a folder, unreadable, too large, not JSON,
+        or nested too deeply for Python to read.
+    """
+    path = Path(path)
+    problem = None
+    try:
+        if path.is_dir():
+            problem = "is a folder, not a file"
+        elif path.stat().st_size > MAX_JSON_BYTES:
+            problem = f"is larger than {MAX_JSON_BYTES >> 20} MB, too large to be one"
+        else:
+            return json.loads(path.read_text())
+    except FileNotFoundError:
+        problem = "does not exist"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        problem = f"is not valid JSON ({type(err).__name__})"
+    except RecursionError:
+        problem = "nests too deeply to be read"
+    except OSError as err:
+        problem = f"cannot be read ({err.strerror})"
+    raise UserInputError(f"{name} '{path}' {problem}; {fix}.")
 
 
 def _choice(name, value, allowed):

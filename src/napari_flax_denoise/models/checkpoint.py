@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from .._version import __version__
-from ..config import Config
+from ..config import Config, read_json
 from ..errors import UserInputError
 from ..io.files import atomic_path
 from ..network.unet import UNet
@@ -28,6 +28,7 @@ from .embedded import embedded_models, embedded_path
 from .normalization import Normalization
 
 FORMAT = "napari-flax-denoise-model"
+FORMAT_VERSION = 1  # raise it when a change of model.json or weights.npz would mislead older versions
 MODEL_FILE, WEIGHTS_FILE = "model.json", "weights.npz"
 
 
@@ -124,7 +125,7 @@ def save_model(model: TrainedModel, directory: str | Path, *, params=None) -> Pa
     save_arrays(directory / WEIGHTS_FILE, tree_to_arrays(params))
     write_json(directory / MODEL_FILE, {
         "format": FORMAT,
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "config": model.config.to_dict(),
         "normalization": {"input": model.input_norm.to_dict(), "output": model.output_norm.to_dict()},
@@ -137,14 +138,17 @@ def read_model_json(directory: Path) -> dict:
     path = directory / MODEL_FILE
     if not directory.is_dir():
         raise UserInputError(f"Model '{directory}' does not exist; give a model directory written by 'flax-denoise train'.")
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"'{directory}' is not a model directory (no {MODEL_FILE}); give one written by 'flax-denoise train'.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserInputError(f"'{path}' is not valid JSON; the model is corrupted, so retrain or copy it again.") from None
+    if not path.exists():
+        raise UserInputError(f"'{directory}' is not a model directory (no {MODEL_FILE}); give one written by 'flax-denoise train'.")
+    meta = read_json(path, "The model description", "the model is corrupted, so retrain or copy it again")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserInputError(f"'{path}' is not a napari-flax-denoise model description; give a model directory written by 'flax-denoise train'.")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserInputError(f"'{path}' has no valid format_version; the model is corrupted, so retrain or copy it again.")
+    if version > FORMAT_VERSION:
+        raise UserInputError(f"The model '{directory}' was written by a newer napari-flax-denoise (model format "
+                             f"{version}, this one reads {FORMAT_VERSION}); update it: pip install -U napari-flax-denoise.")
     return meta
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import jax
 import numpy as np
 
 from ..models.checkpoint import WEIGHTS_FILE, arrays_to_tree, load_arrays, save_arrays, tree_to_arrays, write_json
-from ..config import Config
+from ..config import Config, read_json
 from ..errors import UserInputError
 
 LAST = "last"
@@ -70,8 +69,8 @@ def load_last(output) -> LastState:
     if not path.is_file():
         raise UserInputError(f"There is no interrupted run to resume in '{output}'; start training without --resume.")
     try:
-        loop = json.loads(path.read_text())
+        loop = read_json(path, "The interrupted run's state", "start training again without --resume")
         config = Config.from_dict(loop["config"])
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise UserInputError(f"'{path}' is corrupted; start training again without --resume.") from None
     return LastState(directory, config, loop)
