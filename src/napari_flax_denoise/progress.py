@@ -31,11 +31,6 @@ class Progress:
     done: int
     total: int
 
-    @property
-    def fraction(self) -> float:
-        """``done / total`` (1.0 for an empty job)."""
-        return self.done / self.total if self.total else 1.0
-
 
 def drive(job: Generator[Progress, None, Result], on_event: Callable[[Progress], None] | None = None) -> Result:
     """Run ``job`` to its end, calling ``on_event`` with every event; return its result.
