@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -189,3 +190,29 @@ def test_outputs_get_the_users_umask(files, tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out.tif").stat().st_mode & 0o777 == 0o640  # mkstemp alone gave 0600
+
+
+def test_evaluate_handles_tiny_and_colour_images(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, shape in {"tiny": (5, 5), "colour": (32, 32, 3), "dot": (2, 2)}.items():
+        np.save(tmp_path / f"{name}_a.npy", rng.random(shape).astype(np.float32))
+        np.save(tmp_path / f"{name}_b.npy", rng.random(shape).astype(np.float32))
+    for name in ("tiny", "colour"):
+        run = flax_denoise("evaluate", tmp_path / f"{name}_a.npy", "--target", tmp_path / f"{name}_b.npy", "--json")
+        assert run.returncode == 0, run.stderr
+        assert -1 <= json.loads(run.stdout)["ssim"] <= 1
+    run = flax_denoise("evaluate", tmp_path / "dot_a.npy", "--target", tmp_path / "dot_b.npy")
+    assert run.returncode == 2 and "too small for SSIM" in run.stderr
+
+
+def test_an_internal_error_asks_for_a_report_and_logs_its_traceback(tmp_path):
+    # A bug planted in this process only: the command's own code raises where no user can help.
+    script = ("import sys; from napari_flax_denoise import cli; "
+              "cli._models = lambda args: {}['planted bug']; sys.exit(cli.main(['models']))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert run.returncode == 1
+    assert "please report it" in run.stderr and "Traceback" not in run.stderr
+    [log] = (tmp_path / "napari-flax-denoise" / "errors").iterdir()
+    assert str(log) in run.stderr
+    assert "Traceback" in log.read_text() and "planted bug" in log.read_text()

@@ -61,10 +61,33 @@ def test_dicom_series_is_sorted_rescaled_and_spaced(tmp_path, volume):
     ("mixed", "different series"),
     ("gap", "unevenly spaced"),
     ("no spacing", "no PixelSpacing"),
+    ("sizes", "different sizes"),
+    ("one spacing value", "damaged PixelSpacing"),
+    ("three orientation values", "damaged ImageOrientationPatient"),
+    ("link outside", "outside"),
 ])
 def test_bad_dicom_series_name_the_problem(tmp_path, volume, damage, message):
     folder = tmp_path / "series"
-    if damage == "gap":
+    if damage == "sizes":  # a localizer of another size slipped into the folder
+        write_series(folder, volume)
+        write_series(tmp_path / "other", volume[:1, :16], series_uid=pydicom.dcmread(next(folder.iterdir())).SeriesInstanceUID,
+                     positions=[100.0])
+        next((tmp_path / "other").iterdir()).rename(folder / "localizer.dcm")
+    elif damage in ("one spacing value", "three orientation values"):
+        write_series(folder, volume)
+        for path in folder.iterdir():
+            ds = pydicom.dcmread(path)
+            if damage == "one spacing value":
+                ds.PixelSpacing = [0.7]
+            else:
+                ds.ImageOrientationPatient = [1, 0, 0]
+            ds.save_as(path)
+    elif damage == "link outside":
+        write_series(tmp_path / "elsewhere", volume)
+        folder.mkdir()
+        for path in (tmp_path / "elsewhere").iterdir():
+            (folder / path.name).symlink_to(path)
+    elif damage == "gap":
         write_series(folder, volume, positions=[0, 2.5, 5, 7.5, 12.5, 15])
     else:
         write_series(folder, volume, pixel_spacing=damage != "no spacing")

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,70 @@ def test_resume_continues_the_interrupted_run(noisy, tiny_config, tmp_path):
     rest = _losses(train_iter(noisy, axes="YX", output=tmp_path / "part", resume=True))
     assert len(first) + len(rest) == len(full)
     np.testing.assert_allclose(first + rest, full, rtol=1e-4)
+
+
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_whole_one(noisy, tiny_config, tmp_path,
+                                                                                   monkeypatch):
+    from napari_flax_denoise.training import resume
+
+    config = tiny_config.replace(epochs=4)
+    full = _losses(train_iter(noisy, axes="YX", config=config, output=tmp_path / "full"))
+    commit, commits = resume.write_json, []
+
+    def dies_at_the_third_commit(path, values):  # epoch 3's weights and optimiser state are on disk, its state not
+        commits.append(path)
+        if len(commits) == 3:
+            raise KeyboardInterrupt
+        commit(path, values)
+
+    monkeypatch.setattr(resume, "write_json", dies_at_the_third_commit)
+    with pytest.raises(KeyboardInterrupt):
+        _losses(train_iter(noisy, axes="YX", config=config, output=tmp_path / "part"))
+    monkeypatch.undo()
+    last = tmp_path / "part" / "last"
+    assert len(list(last.glob("weights-*.npz"))) == 2  # epoch 2's committed set and epoch 3's orphan
+    rest = _losses(train_iter(noisy, axes="YX", output=tmp_path / "part", resume=True))
+    np.testing.assert_allclose(rest, full[2 * config.steps_per_epoch:], rtol=1e-4)
+    assert sorted(p.name for p in last.glob("*.npz")) == [f"optimizer-{len(full)}.npz", f"weights-{len(full)}.npz"]
+
+
+def _interrupted(noisy, config, folder):
+    run = train_iter(noisy, axes="YX", config=config.replace(epochs=4), output=folder)
+    for _ in range(2 * config.steps_per_epoch):
+        next(run)
+    run.close()
+    return folder / "last"
+
+
+def _edit_state(change):
+    def damage(last):
+        state = json.loads((last / "state.json").read_text())
+        change(state)
+        (last / "state.json").write_text(json.dumps(state))
+    return damage
+
+
+RESUME_DAMAGE = {
+    "state without its history": (_edit_state(lambda s: s.pop("history")), "lacks or garbles history"),
+    "step count that disagrees": (_edit_state(lambda s: s.update(step=s["step"] + 1)), "disagrees"),
+    "weights file missing": (lambda last: next(last.glob("weights-*.npz")).unlink(), "weights file"),
+    "written by a newer version": (_edit_state(lambda s: s.update(format_version=99)), "newer"),
+    "state that is not JSON": (lambda last: (last / "state.json").write_text("{"), "state"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_DAMAGE))
+def test_a_damaged_snapshot_is_refused_by_resume_with_a_sentence(noisy, tiny_config, tmp_path, case):
+    damage, fragment = RESUME_DAMAGE[case]
+    damage(_interrupted(noisy, tiny_config, tmp_path / "run"))
+    with pytest.raises(UserInputError, match=fragment):
+        start_run(noisy, axes="YX", output=tmp_path / "run", resume=True)
+
+
+def test_resuming_with_inputs_of_another_channel_count_is_refused(noisy, tiny_config, tmp_path):
+    _interrupted(noisy, tiny_config, tmp_path / "run")
+    with pytest.raises(UserInputError, match="channel"):
+        start_run(np.stack([noisy, noisy]), axes="CYX", output=tmp_path / "run", resume=True)
 
 
 def test_early_stopping(noisy, tiny_config):

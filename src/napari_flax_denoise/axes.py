@@ -98,6 +98,10 @@ class Layout:
         return tuple(self.shape[self.axes.index(a)] for a in "ZYX" if a in self.axes)
 
     @property
+    def dims(self) -> int:
+        return len(self.spatial_shape)
+
+    @property
     def channels(self) -> int:
         return self.shape[self.axes.index("C")] if "C" in self.axes else 1
 
@@ -201,8 +205,14 @@ def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, laz
 
 
 def check_finite(image: np.ndarray, name: str = "image") -> None:
-    """Refuse NaN and infinite values with a message saying what to do."""
-    if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
+    """Refuse NaN and infinite values, and values that float32 (what the network computes in) cannot hold."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return
+    if not np.all(np.isfinite(image)):
         raise UserInputError(
             f"The {name} contains NaN or infinite values; replace them (e.g. with the median) before denoising."
         )
+    limit = np.finfo(np.float32).max
+    if image.dtype.itemsize > 4 and np.max(np.abs(image)) > limit:
+        raise UserInputError(f"The {name} holds values beyond float32's range (±{limit:.3g}); rescale it "
+                             "(e.g. divide by a power of ten) first.")

@@ -1,7 +1,7 @@
 """The ``flax-denoise`` command line: ``train``, ``denoise``, ``evaluate``, ``models`` and ``info``.
 
 Mistakes the user can fix print one sentence and exit with status 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug: one line asks to report it, with the traceback in a log file, and the status is 1.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("prediction", metavar="PREDICTION")
     evaluate.add_argument("--target", required=True)
     evaluate.add_argument("--data-range", type=float, help="signal range (default: the target's max - min)")
+    evaluate.add_argument("--axes", help="axes of the target, e.g. YXC for colour (default: from the file)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -280,8 +281,14 @@ def _evaluate(args):
     from .evaluation.metrics import evaluate
 
     prediction, _ = _read(args.prediction)
-    target, _ = _read(args.target)
-    scores = evaluate(prediction, target, data_range=args.data_range)
+    target, axes = _read(args.target, args.axes)
+    if axes is not None and len(axes) != target.ndim:
+        raise UserInputError(f"--axes '{axes}' names {len(axes)} axes but the target has {target.ndim}; "
+                             "give one letter per axis.")
+    channel_axis = axes.index("C") if axes and "C" in axes else None
+    if axes is None and target.ndim == 3 and target.shape[-1] in (3, 4) and min(target.shape[:2]) > 4:
+        channel_axis = -1  # Y X RGB(A), as images without axes metadata nearly always are
+    scores = evaluate(prediction, target, data_range=args.data_range, channel_axis=channel_axis)
     if args.json:
         print(json.dumps(scores))
     else:
@@ -300,6 +307,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - a bug: a short line for the user, the traceback to a log
+        from .errors import report_bug
+
+        print(f"flax-denoise {args.command}: error: {report_bug(error, f'flax-denoise {args.command}')}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -50,16 +50,34 @@ def psnr(prediction, target, *, data_range: float | None = None) -> float:
 
 
 def ssim(prediction, target, *, data_range: float | None = None, channel_axis: int | None = None) -> float:
-    """Structural similarity (scikit-image's implementation, 2D or 3D)."""
+    """Structural similarity (scikit-image's implementation, 2D or 3D).
+
+    The window is scikit-image's 7 pixels, or the largest odd size the image
+    allows (at least 3) along its smallest axis.
+    """
     from skimage.metrics import structural_similarity
 
     prediction, target = _pair(prediction, target)
+    spatial = [n for i, n in enumerate(target.shape) if channel_axis is None or i != channel_axis % target.ndim]
+    window = min(7, min(spatial) - (1 - min(spatial) % 2))
+    if window < 3:
+        raise UserInputError(f"The images ({'x'.join(map(str, target.shape))}) are too small for SSIM, which needs "
+                             "at least 3 pixels along every axis; compare larger images.")
     return float(structural_similarity(prediction, target, data_range=_range(target, data_range),
-                                       channel_axis=channel_axis))
+                                       channel_axis=channel_axis, win_size=window))
 
 
-def evaluate(prediction, target, *, data_range: float | None = None) -> dict:
+def evaluate(prediction, target, *, data_range: float | None = None, channel_axis: int | None = None) -> dict:
     """PSNR, SSIM and MSE of ``prediction`` against ``target``.
+
+    Parameters
+    ----------
+    prediction, target : array_like
+        Same shape.
+    data_range : float, optional
+        See :func:`psnr`.
+    channel_axis : int, optional
+        The colour / channel axis, which SSIM does not slide its window along.
 
     Returns
     -------
@@ -67,5 +85,5 @@ def evaluate(prediction, target, *, data_range: float | None = None) -> dict:
         Keys ``psnr``, ``ssim``, ``mse``.
     """
     return {"psnr": psnr(prediction, target, data_range=data_range),
-            "ssim": ssim(prediction, target, data_range=data_range),
+            "ssim": ssim(prediction, target, data_range=data_range, channel_axis=channel_axis),
             "mse": mse(prediction, target)}

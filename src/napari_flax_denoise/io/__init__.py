@@ -1,7 +1,11 @@
 """Reading and writing images: every format a user hands us, validated, written atomically.
 
 ``files``
-    Open / read / write by file type (TIFF, OME-TIFF, NumPy, PNG, ...), atomic outputs.
+    Open / read / write by file type (TIFF, OME-TIFF, NumPy, PNG, ...); output paths checked before work.
+``limits``
+    What a file claims (sizes, links) checked before anything is allocated or followed.
+``atomic``
+    Outputs written to a temporary and renamed into place; leftovers of killed runs removed.
 ``dicom``, ``nifti``, ``zarr_store``
     Medical formats and chunked (OME-)zarr stores, read lazily where they are large.
 ``samples``

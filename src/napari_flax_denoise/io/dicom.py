@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
+from .limits import check_links
 
 # Neighbouring slice gaps may differ by this fraction before the spacing counts as inconsistent.
 SPACING_TOLERANCE = 0.01
@@ -16,6 +17,7 @@ def _candidates(paths) -> list[Path]:
     """The files to read: a folder's ``.dcm`` (or extension-less) files, or the given files."""
     if len(paths) == 1 and Path(paths[0]).is_dir():
         folder = Path(paths[0])
+        check_links(folder)
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".dcm", "")
                        and not p.name.startswith(".") and p.name.upper() != "DICOMDIR")
         if not files:
@@ -36,9 +38,31 @@ def _read_header(path: Path):
                              "the series or replace it with an intact copy.") from None
 
 
+def _numbers(ds, keyword: str, count: int, path: Path) -> tuple:
+    """The ``count`` numbers of a multi-valued header field, or a sentence saying it is damaged."""
+    value = getattr(ds, keyword)
+    try:
+        numbers = tuple(float(v) for v in ([value] if isinstance(value, (str, bytes, int, float)) else value))
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        raise UserInputError(f"'{path}' has a damaged {keyword} (expected {count} numbers, found {value!r}); "
+                             "repair the headers or convert the series to NIfTI / OME-TIFF.")
+    if keyword == "PixelSpacing" and min(numbers) <= 0:
+        raise UserInputError(f"'{path}' has a PixelSpacing of {value!r}; pixel sizes must be positive, so repair "
+                             "the headers.")
+    return numbers
+
+
 def _position(ds, normal) -> float | None:
     position = getattr(ds, "ImagePositionPatient", None)
-    return None if position is None else float(np.dot(np.asarray(position, float), normal))
+    if position is None:
+        return None
+    try:
+        position = np.asarray(position, float).reshape(3)
+    except (TypeError, ValueError):
+        return None
+    return float(np.dot(position, normal))
 
 
 def _pixels(ds, path: Path) -> np.ndarray:
@@ -86,7 +110,7 @@ def read_dicom(paths) -> tuple[np.ndarray, str, dict, dict]:
     if getattr(first, "PixelSpacing", None) is None:
         raise UserInputError(f"'{first_path}' has no PixelSpacing, so the pixel size is unknown; add it to the "
                              "headers or convert the series to NIfTI / OME-TIFF with its pixel size.")
-    row, column = (float(v) for v in first.PixelSpacing)
+    row, column = _numbers(first, "PixelSpacing", 2, first_path)
     metadata = {"modality": str(getattr(first, "Modality", "")), "series": str(getattr(first, "SeriesDescription", "")),
                 "series_uid": next(iter(series))}
     frames = int(getattr(first, "NumberOfFrames", 1) or 1)
@@ -99,7 +123,14 @@ def read_dicom(paths) -> tuple[np.ndarray, str, dict, dict]:
             raise UserInputError(f"'{first_path}' has {frames} frames but no slice spacing (SpacingBetweenSlices or "
                                  "SliceThickness); add it or convert the file to NIfTI / OME-TIFF.")
         return image, "ZYX", {"Z": step, "Y": row, "X": column}, metadata
-    orientation = np.asarray(getattr(first, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
+    sizes = {(int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for ds, _ in datasets}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{r}x{c}" for r, c in sorted(sizes))
+        raise UserInputError(f"The slices of this series have different sizes ({listed}); keep only slices of one "
+                             "size in the folder (a localizer or a derived image may have slipped in).")
+    orientation = (_numbers(first, "ImageOrientationPatient", 6, first_path)
+                   if getattr(first, "ImageOrientationPatient", None) is not None else (1, 0, 0, 0, 1, 0))
+    orientation = np.asarray(orientation, float)
     normal = np.cross(orientation[:3], orientation[3:])
     positions = [_position(ds, normal) for ds, _ in datasets]
     if None in positions:

@@ -8,15 +8,15 @@ knows, and every writer keeps them where the format can.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserInputError
+from .atomic import TEMPORARY_EXTRA, atomic_path
+from .atomic import full_suffix as _suffix
+from .limits import check_memory, check_stored
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr", ".dcm")
 WRITE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr")
@@ -48,37 +48,8 @@ class ImageFile:
     metadata: dict = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path`` and rename it over ``path`` on success.
-
-    A crash or error leaves ``path`` untouched (old content or absent) and
-    removes the temporary file. The temporary name keeps the full extension
-    (``.nii.gz``), which some writers need. The file gets the permissions
-    the user's umask gives a new file (``mkstemp`` alone makes it private).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + _suffix(path), dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0o077)  # reading the umask means setting it; set it straight back
-    os.umask(mask)
-    return mask
-
-
 # The longest file name most file systems take; atomic_path's temporary sibling adds to the output's.
 _NAME_MAX = 255
-_TEMPORARY_EXTRA = len(".") + len(".12345678.partial")
 
 
 def check_output(path: str | Path, *, inputs=(), others=(), folder: bool = False, allowed=WRITE_SUFFIXES) -> Path:
@@ -119,20 +90,18 @@ def check_output(path: str | Path, *, inputs=(), others=(), folder: bool = False
     if not folder:
         if path.is_dir() and _suffix(path) != ".zarr":
             raise UserInputError(f"The output '{path}' is an existing folder; give a file name inside it.")
-        _checked_suffix(path, allowed)
+        if _checked_suffix(path, allowed) == ".zarr":
+            from .zarr_store import check_replaceable
+
+            check_replaceable(path)
     elif path.exists() and not path.is_dir():
         raise UserInputError(f"The model folder '{path}' is an existing file; give a folder name.")
     parent = next((p for p in where.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UserInputError(f"The output '{path}' lies under '{parent}', which is a file, not a folder.")
-    if len(path.name.encode()) + _TEMPORARY_EXTRA + len(_suffix(path)) > _NAME_MAX:
+    if len(path.name.encode()) + TEMPORARY_EXTRA + len(_suffix(path)) > _NAME_MAX:
         raise UserInputError(f"The output name '{path.name}' is too long for the file system; shorten it.")
     return path
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def _checked_suffix(path: Path, allowed=IMAGE_SUFFIXES) -> str:
@@ -178,7 +147,7 @@ def open_image(path: str | Path) -> ImageFile:
         return ImageFile(*read_zarr(path))
     try:
         if suffix == ".npy":
-            return ImageFile(np.load(path, allow_pickle=False))
+            return ImageFile(_read_npy(path))
         if suffix == ".png":
             import imageio.v3 as iio
 
@@ -192,15 +161,38 @@ def open_image(path: str | Path) -> ImageFile:
                              "check that the file is complete and in a supported format.") from None
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array, its header checked against the file first; large ones are mapped, not loaded."""
+    with open(path, "rb") as handle:
+        if handle.read(4) == b"PK\x03\x04":
+            raise UserInputError(f"'{path}' is an .npz archive, not a single .npy array; save one array with "
+                                 "numpy.save, or rename it to .npz and extract the array you want.")
+        handle.seek(0)
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+        offset = handle.tell()
+    if dtype.hasobject:
+        raise UserInputError(f"'{path}' holds Python objects, not numbers; save a numeric array.")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    check_stored(path, offset, nbytes)
+    if nbytes > MEMMAP_TIFF_BYTES:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    return np.load(path, allow_pickle=False)
+
+
 def _read_tiff(path: Path) -> ImageFile:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        if series.dataoffset is not None:
+            check_stored(path, series.dataoffset, series.nbytes)
         if series.dataoffset is not None and series.nbytes > MEMMAP_TIFF_BYTES:
             # uncompressed and contiguous: map it, so planes and patches are read on demand
             image = tifffile.memmap(path, series=0, mode="r")
         else:
+            check_memory(path, series.nbytes, pixels=series.size)
             image = series.asarray()
         axes = None
         if tif.is_ome or tif.is_imagej:

@@ -22,7 +22,7 @@ from flax import nnx
 from .._version import __version__
 from ..config import Config, read_json
 from ..errors import UserInputError
-from ..io.files import atomic_path
+from ..io.atomic import atomic_path
 from ..network.unet import UNet
 from .embedded import embedded_models, embedded_path
 from .normalization import Normalization
@@ -71,36 +71,64 @@ def tree_to_arrays(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def arrays_to_tree(arrays: dict, like, source: str):
-    """Fill the structure of ``like`` with ``arrays`` saved by :func:`tree_to_arrays`."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    filled = []
-    for path, leaf in leaves:
-        key = jax.tree_util.keystr(path)
-        if key not in arrays or arrays[key].shape != np.shape(leaf):
-            raise UserInputError(
-                f"'{source}' does not match its configuration (parameter {key} missing or of the "
-                "wrong shape); the model is corrupted, so retrain or copy it again."
-            )
-        filled.append(jax.numpy.asarray(arrays[key], dtype=leaf.dtype))
-    return jax.tree_util.tree_unflatten(treedef, filled)
-
-
 def save_arrays(path: Path, arrays: dict) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
 
-def load_arrays(path: Path) -> dict:
+def read_tree(path: Path, like):
+    """Fill the structure of ``like`` with the arrays :func:`save_arrays` wrote to ``path``.
+
+    Only the members ``like`` needs are read, and each one's header (shape,
+    type) is checked before its data is decompressed: a small archive cannot
+    claim gigabytes. Weights must be finite numbers.
+
+    Raises
+    ------
+    UserInputError
+        A missing, unreadable or mismatched file or member, naming the file.
+    """
+    import zipfile
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    corrupted = "the model is corrupted, so retrain or copy it again"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise UserInputError(f"'{path}' is missing; the model directory is incomplete, so retrain or copy it again.") from None
-    except Exception as err:
-        raise UserInputError(f"'{path}' cannot be read ({type(err).__name__}); the model is corrupted, "
-                             "so retrain or copy it again.") from None
+    except (OSError, zipfile.BadZipFile) as err:
+        raise UserInputError(f"'{path}' cannot be read ({type(err).__name__}); {corrupted}.") from None
+    filled = []
+    with archive:
+        members = set(archive.namelist())
+        for key_path, leaf in leaves:
+            key = jax.tree_util.keystr(key_path)
+            try:
+                array = _member(archive, key + ".npy", np.shape(leaf)) if key + ".npy" in members else None
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+                raise UserInputError(f"'{path}' cannot be read at parameter {key} ({type(err).__name__}); "
+                                     f"{corrupted}.") from None
+            if array is None:
+                raise UserInputError(f"'{path}' does not match its configuration (parameter {key} missing or of "
+                                     f"the wrong shape or type); {corrupted}.")
+            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                raise UserInputError(f"'{path}' holds NaN or infinite values (parameter {key}); the model is "
+                                     "corrupted or its training diverged, so retrain it.")
+            filled.append(jax.numpy.asarray(array, dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, filled)
+
+
+def _member(archive, name: str, shape) -> np.ndarray | None:
+    """One ``.npy`` member, or None when its header declares another shape or a non-numeric type."""
+    with archive.open(name) as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        declared, _, dtype = read_header(handle)
+    if tuple(declared) != tuple(shape) or dtype.kind not in "biuf":
+        return None
+    with archive.open(name) as handle:
+        return np.lib.format.read_array(handle, allow_pickle=False)
 
 
 def write_json(path: Path, values: dict) -> None:
@@ -174,11 +202,13 @@ def load_model(path: str | Path) -> TrainedModel:
         config = Config.from_dict(meta["config"])
         norms = meta["normalization"]
         input_norm, output_norm = Normalization.from_dict(norms["input"]), Normalization.from_dict(norms["output"])
+        if (len(input_norm.offset), len(output_norm.offset)) != (config.in_channels, config.out_channels):
+            raise UserInputError("its normalisation and its network have different channel counts")
     except (KeyError, TypeError, UserInputError) as err:
         raise UserInputError(f"'{directory / MODEL_FILE}' is incomplete or invalid ({err}); the model is corrupted, so retrain it.") from None
     abstract = nnx.eval_shape(lambda: build_network(config))
     graphdef, like = nnx.split(abstract)
-    params = arrays_to_tree(load_arrays(directory / WEIGHTS_FILE), like, str(directory / WEIGHTS_FILE))
+    params = read_tree(directory / WEIGHTS_FILE, like)
     network = nnx.merge(graphdef, params)
     info = dict(meta.get("info", {}))
     info.setdefault("name", directory.name)

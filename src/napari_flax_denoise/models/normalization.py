@@ -105,7 +105,23 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Normalization":
-        return cls(values["method"], tuple(values["offset"]), tuple(values["scale"]))
+        """Rebuild from :meth:`to_dict`'s output, refusing values that cannot be statistics.
+
+        Raises
+        ------
+        UserInputError
+            A method that is not a word, offsets or scales that are not finite
+            numbers (scales positive), or lists of different lengths.
+        """
+        method, offset, scale = values["method"], values["offset"], values["scale"]
+        numbers = (offset, scale)
+        if (not isinstance(method, str) or not all(isinstance(v, list) and v for v in numbers)
+                or len(offset) != len(scale)
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for v in numbers for x in v)
+                or not all(np.isfinite(x) for v in numbers for x in v) or min(scale) <= 0):
+            raise UserInputError(f"the normalisation {values!r} is not one (finite offsets and positive scales, "
+                                 "one per channel)")
+        return cls(method, tuple(map(float, offset)), tuple(map(float, scale)))
 
 
 def _some_planes(image, budget: int) -> np.ndarray:

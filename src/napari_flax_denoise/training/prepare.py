@@ -93,6 +93,10 @@ def start_run(images, *, axes: str, targets=None, config: Config | None = None, 
     channels_out = target_layouts[0].channels if target_layouts else channels_in
     if not resume:
         config = _prepare_config(config, axes, init_model, channels_in, channels_out, overrides)
+    elif (config.in_channels, config.out_channels, config.dims) != (channels_in, channels_out, layouts[0].dims):
+        raise UserInputError(f"The interrupted run in '{output}' trained a {config.dims}D network on "
+                             f"{config.in_channels} channel(s), but these inputs are {layouts[0].dims}D with "
+                             f"{channels_in}; resume with the run's own images, or start a new run.")
     if config.self_supervised and targets is not None:
         raise UserInputError(f"{config.algorithm} learns from noisy images alone; drop the targets or choose care / n2n.")
     if not config.self_supervised and targets is None:
@@ -112,7 +116,11 @@ def start_run(images, *, axes: str, targets=None, config: Config | None = None, 
         params, opt_state, run.step, run.history, run.best_loss = state.restore(params, opt_state)
         run.params, run.opt_state = placement.replicate(params), placement.replicate(opt_state)
         run.best_params = state.best_weights(like)
-        data.train.rng.bit_generator.state = state.rng_state
+        try:
+            data.train.rng.bit_generator.state = state.rng_state
+        except (TypeError, ValueError, KeyError):
+            raise UserInputError(f"The interrupted run in '{output}' has a damaged random state; start training "
+                                 "again without --resume.") from None
     return run
 
 
