@@ -1,7 +1,10 @@
 """The plugin's GUI-free parts: manifest discovery, samples, layer conversions, jobs."""
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +146,33 @@ def test_a_child_stops_between_steps_and_reports_user_errors(noisy, tiny_config,
     assert "path" not in result.model.info  # its temporary folder is gone
     with pytest.raises(UserInputError, match="drop the targets"):
         _drain(train_in_child([noisy], axes="YX", targets=[noisy], config=tiny_config))
+
+
+def _training_children():
+    """Live child processes of this one that run the training module."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0")) == os.getpid() and b"training_process" in command \
+                and not fields.get("State", "").startswith("Z"):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the child through /proc")
+def test_a_training_child_that_falls_silent_is_declared_failed_and_killed(noisy, tiny_config, monkeypatch):
+    from napari_flax_denoise.plugin import training_process
+
+    job = train_in_child([noisy], axes="YX", config=tiny_config.replace(epochs=1000), preview_every=0)
+    next(job)  # it trains
+    monkeypatch.setattr(training_process, "SILENCE_LIMIT", 3.0)
+    [child] = _training_children()
+    os.kill(child, signal.SIGSTOP)  # hung, as a deadlocked or swapped-out process would be
+    with pytest.raises(RuntimeError, match="sent nothing"):
+        for _ in job:
+            pass
+    assert _training_children() == []

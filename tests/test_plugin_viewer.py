@@ -253,3 +253,54 @@ def test_viewer_opens_nifti_with_voxel_spacing_and_saves_it_back(viewer, tmp_pat
     saved = nibabel.load(tmp_path / "copy.nii.gz")
     np.testing.assert_allclose(saved.header.get_zooms(), (0.5, 0.7, 2.0))
     np.testing.assert_array_equal(np.asarray(saved.dataobj), xyz)
+
+
+UNGUARDED_SCRIPT = """
+import time
+
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+
+# The way most napari scripts are written: no `if __name__ == "__main__":` guard.
+viewer = napari.Viewer(show=False)
+layer = viewer.add_image(np.random.default_rng(0).normal(size=(64, 64)).astype("float32"), name="noisy")
+_, trainer = viewer.window.add_plugin_dock_widget("napari-flax-denoise", "Train / Fine-tune")
+for name, value in dict(epochs=1, steps_per_epoch=2, patch_size=32, batch_size=2, preview_every=0).items():
+    getattr(trainer, name).value = value
+trainer.images.value = [layer]
+trainer.start_button.native.click()
+deadline = time.monotonic() + 240
+while (trainer.result is None or not trainer.start_button.enabled) and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.05)
+print("viewer opened; training", None if trainer.result is None else trainer.result.stopped, flush=True)
+viewer.close()
+"""
+
+
+def test_training_from_a_script_without_a_main_guard(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("viewer opened") == 1  # the training process did not run the script again
+    assert "training completed" in run.stdout, run.stderr[-3000:]
+
+
+def test_closing_the_viewer_stops_training_and_leaves_no_process(make_napari_viewer, qtbot):
+    from test_plugin_core import _training_children
+
+    viewer = make_napari_viewer()
+    noisy, clean = viewer.open_sample(PLUGIN, "cell_pair")
+    trainer = _trainer(viewer, epochs=1000, steps_per_epoch=2, algorithm="care", preview_every=0)
+    trainer.images.value = [noisy]
+    trainer.target.value = clean
+    trainer.start_button.native.click()
+    qtbot.waitUntil(lambda: len(trainer.plot.train) >= 1, timeout=TIMEOUT)
+    assert len(_training_children()) == 1
+    viewer.close()
+    qtbot.waitUntil(lambda: _training_children() == [], timeout=TIMEOUT)

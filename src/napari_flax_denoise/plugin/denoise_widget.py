@@ -86,7 +86,8 @@ class DenoiseWidget(Container):
                     "fusion": fusion, "version": __version__}
         self._running(True)
         self.worker = running.start(
-            denoise_iter, data, model, axes=axes, tta=tta, return_std=std, fusion=fusion, action="Denoising",
+            denoise_iter, data, model, owner=self, axes=axes, tta=tta, return_std=std, fusion=fusion,
+            action="Denoising",
             on_yield=self._on_progress, on_return=lambda result: self._add_result(layer, settings, result),
             on_finish=lambda: self._running(False))
 

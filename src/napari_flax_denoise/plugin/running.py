@@ -5,7 +5,7 @@ from __future__ import annotations
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
-from ..errors import UserInputError
+from ..errors import UserInputError, report_bug
 
 
 def report(error: BaseException, action: str) -> None:
@@ -13,16 +13,19 @@ def report(error: BaseException, action: str) -> None:
     if isinstance(error, UserInputError):
         show_error(str(error))
     else:
-        show_error(f"{action} failed ({type(error).__name__}: {error}).")
+        show_error(report_bug(error, action))
 
 
-def start(job, *args, action: str, on_yield, on_return, on_finish, **kwargs):
+def start(job, *args, owner, action: str, on_yield, on_return, on_finish, **kwargs):
     """Run generator function ``job`` in a worker thread; the viewer stays responsive.
 
     Parameters
     ----------
     job : generator function
         A core generator (yields progress, returns a result).
+    owner : magicgui Widget
+        The widget the callbacks update: once it is destroyed (its dock or the
+        viewer closed) they are no longer called, and the job is asked to quit.
     action : str
         What the job does, for error messages ("Denoising").
     on_yield, on_return, on_finish : callable
@@ -34,10 +37,18 @@ def start(job, *args, action: str, on_yield, on_return, on_finish, **kwargs):
     worker : napari.qt.threading.GeneratorWorker
         ``worker.quit()`` cancels between two yields.
     """
+    gone = []
+
+    def while_open(callback):
+        return lambda *value: None if gone else callback(*value)
+
     # Handlers go in through _connect: given an "errored" handler, napari does not re-raise in the GUI thread.
-    connect = {"yielded": on_yield, "returned": on_return, "finished": on_finish,
+    connect = {"yielded": while_open(on_yield), "returned": while_open(on_return), "finished": while_open(on_finish),
                "errored": lambda error: report(error, action)}
-    return create_worker(job, *args, _connect=connect, _start_thread=True, **kwargs)
+    worker = create_worker(job, *args, _connect=connect, _start_thread=False, **kwargs)
+    owner.native.destroyed.connect(lambda *_: (gone.append(True), worker.quit()))
+    worker.start()
+    return worker
 
 
 def follow(signal, widget, callback) -> None:

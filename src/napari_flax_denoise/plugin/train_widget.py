@@ -114,8 +114,9 @@ class TrainWidget(Container):
         self.result = None
         self._running(True)
         self.worker = running.start(
-            train_in_child, images, axes=axes, targets=targets, init=init, output=_folder(self.folder.value),
-            stop=self._stop.is_set, preview_every=self.preview_every.value, action="Training",
+            train_in_child, images, owner=self, axes=axes, targets=targets, init=init,
+            output=_folder(self.folder.value),
+            stop=self._stopping, preview_every=self.preview_every.value, action="Training",
             algorithm=self.algorithm.value, epochs=self.epochs.value, steps_per_epoch=self.steps_per_epoch.value,
             patch_size=self.patch_size.value, batch_size=self.batch_size.value,
             learning_rate=self.learning_rate.value, val_fraction=self.val_fraction.value,
@@ -125,6 +126,10 @@ class TrainWidget(Container):
     def stop(self):
         """Ask training to end after the current step; the best weights are kept."""
         self._stop.set()
+
+    def _stopping(self) -> bool:
+        """Stop was pressed, this widget went away, or napari cancelled the job (closing the viewer does)."""
+        return self._stop.is_set() or (self.worker is not None and self.worker.abort_requested)
 
     def save(self):
         """Save the last trained model to the chosen folder."""
