@@ -13,6 +13,7 @@ Every figure is measured in this run on this device (ratios side by side):
   PyTorch with CUDA is importable;
 * the command line's first and second run on the nuclei sample (cold: empty compile cache);
 * bfloat16's PSNR cost with the embedded model on scikit-image's camera and cell;
+* training: steps/s against PyTorch, time to the first step, PSNR after a time budget (bench/gpu_training.py);
 * peak device memory.
 """
 
@@ -40,6 +41,7 @@ from napari_flax_denoise.inference.resident import apply_network  # noqa: E402
 from napari_flax_denoise.models.checkpoint import TrainedModel, build_network  # noqa: E402
 from napari_flax_denoise.models.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.runtime.backend import active, describe  # noqa: E402
+from gpu_training import markdown as training_markdown, training  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -206,13 +208,14 @@ def main():
         results["e2e_over_torch_best"] = e2e["mpix_per_s"] / best
     results.update(cli_start(quick))
     results["bf16"] = bf16_cost(quick)
+    results.update(training(quick))
     results["peak_device_bytes"] = peak_memory()
     about = describe()
     results["measured"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": about["devices"][0],
                            "jax": about["jax"], "profile": about["profile"], "package": __version__,
                            "python": platform.python_version(), "quick": quick}
     Path(args.output).write_text(json.dumps(results, indent=1))
-    table = markdown(results)
+    table = markdown(results) + training_markdown(results)
     Path(args.output).with_suffix(".md").write_text(table)
     print(table)
 

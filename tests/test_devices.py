@@ -44,11 +44,11 @@ def test_two_devices_train_and_denoise_like_one():
     assert (one["devices"], two["devices"]) == (1, 2)
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-3)
     assert one["out"] == pytest.approx(two["out"], rel=1e-3, abs=1e-2)
-    # The accelerator profile on two devices: tiles cut on the device and split over both.
-    two_resident = _result(_start(2, "accelerator"))
+    # The accelerator profile: patches drawn and tiles cut on the device, batches split over both devices.
+    one_resident, two_resident = map(_result, [_start(1, "accelerator"), _start(2, "accelerator")])
     assert two_resident["devices"] == 2
-    assert one["losses"] == pytest.approx(two_resident["losses"], rel=1e-3)
-    assert one["out"] == pytest.approx(two_resident["out"], rel=1e-3, abs=1e-2)
+    assert one_resident["losses"] == pytest.approx(two_resident["losses"], rel=1e-3)
+    assert one_resident["out"] == pytest.approx(two_resident["out"], rel=1e-3, abs=1e-2)
 
 
 def test_split_hands_over_a_batch_already_on_the_device():

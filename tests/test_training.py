@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_flax_denoise import Config, denoise, load_model, psnr, train, train_iter
+from napari_flax_denoise import Config, denoise, load_model, psnr, train, train_iter, use_backend
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.training import start_run
 from napari_flax_denoise.training.patches import PatchSampler, split_rows
@@ -204,7 +204,8 @@ def test_training_reads_a_lazy_stack_one_chunk_at_a_time(noisy, tiny_config):
     lazy = RecordingArray(stack, chunks=(1, 32, 32))
     result = train(lazy, axes="TYX", config=tiny_config.replace(normalize_per_image=True))
     assert lazy.reads and max(np.prod(shape) for shape in lazy.reads) <= 32 * 32  # never more than a chunk
-    eager = train(stack, axes="TYX", config=tiny_config.replace(normalize_per_image=True))
+    with use_backend("cpu"):  # patches cut on the host from the in-memory stack too (accelerators draw on the device)
+        eager = train(stack, axes="TYX", config=tiny_config.replace(normalize_per_image=True))
     assert [h["train_loss"] for h in result.history] == pytest.approx([h["train_loss"] for h in eager.history],
                                                                       rel=1e-4)
 
@@ -218,13 +219,17 @@ def test_nan_in_a_lazy_stack_is_refused_when_a_patch_meets_it(noisy, tiny_config
         train(da.from_array(stack, chunks=(1, 64, 64)), axes="TYX", config=tiny_config)
 
 
-def test_3d_training_defaults_to_smaller_patches_unless_given():
-    """2D-sized defaults (16 patches of 64) would make every 3D step about 12 GB."""
-    from napari_flax_denoise.config import DEFAULTS_3D
+@pytest.mark.parametrize("profile", ["cpu", "accelerator"])
+def test_patch_and_batch_defaults_follow_the_device_unless_given(profile):
+    """2D-sized defaults (16 patches of 64) would make every 3D step about 12 GB on a CPU; an accelerator
+    gets larger batches to keep it busy."""
     from napari_flax_denoise.training.prepare import _prepare_config
 
-    config = _prepare_config(None, "ZYX", None, 1, 1, {})
-    assert (config.patch_size, config.batch_size) == (DEFAULTS_3D["patch_size"], DEFAULTS_3D["batch_size"])
-    assert _prepare_config(None, "ZYX", None, 1, 1, {"patch_size": 64}).patch_size == 64  # asked for: kept
-    assert _prepare_config(Config(batch_size=2), "ZYX", None, 1, 1, {}).batch_size == 2
-    assert _prepare_config(None, "YX", None, 1, 1, {}).patch_size == Config.patch_size
+    with use_backend(profile):
+        three = _prepare_config(None, "ZYX", None, 1, 1, {})
+        two = _prepare_config(None, "YX", None, 1, 1, {})
+        assert _prepare_config(None, "ZYX", None, 1, 1, {"patch_size": 48}).patch_size == 48  # asked for: kept
+        assert _prepare_config(Config(batch_size=2), "YX", None, 1, 1, {}).batch_size == 2
+    assert (three.patch_size, three.batch_size) == ((32, 8) if profile == "cpu" else (64, 8))
+    assert (two.patch_size, two.batch_size) == ((Config.patch_size, Config.batch_size) if profile == "cpu"
+                                                else (128, 128))

@@ -29,12 +29,6 @@ FINE_TUNE_LEARNING_RATE = 5e-5
 # but lost 0.75-2.2 dB on cell at sigma 50 and 1.0 under Poisson noise; 3e-3 lay between,
 # and 1e-3 lost 0.5 dB there too.
 
-# Patches for 3D training unless given: the 2D defaults (16 patches of 64) become
-# 16 cubes of 64**3 in 3D, a step of about 12 GB that ran for minutes on 2 CPU
-# cores; 8 cubes of 32**3 are 4x the pixels of a 2D step.
-DEFAULTS_3D = {"patch_size": 32, "batch_size": 8}
-
-
 @dataclass
 class Config:
     """Model, data and training settings.

@@ -12,8 +12,9 @@ from napari.utils.notifications import show_info
 
 from ..models.checkpoint import save_model
 from ..axes import spatial_dims
-from ..config import ALGORITHMS, DEFAULTS_3D, FINE_TUNE_LEARNING_RATE, Config
+from ..config import ALGORITHMS, FINE_TUNE_LEARNING_RATE, Config
 from ..errors import UserInputError
+from ..training.prepare import default_sizes
 from . import running
 from .training_process import train_in_child
 from .layers import check_axes_override, infer_axes, layer_data, preview_layer
@@ -51,8 +52,9 @@ class TrainWidget(Container):
         self.axes = LineEdit(label="Axes", tooltip="Leave empty to infer (e.g. YX, ZYX, TYX).")
         self.epochs = SpinBox(label="Epochs", value=defaults.epochs, min=1, max=100_000)
         self.steps_per_epoch = SpinBox(label="Steps per epoch", value=defaults.steps_per_epoch, min=1, max=100_000)
-        self.patch_size = SpinBox(label="Patch size", value=defaults.patch_size, min=8, max=1024, step=8)
-        self.batch_size = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=1024)
+        sizes = default_sizes(2)  # larger on an accelerator
+        self.patch_size = SpinBox(label="Patch size", value=sizes["patch_size"], min=8, max=1024, step=8)
+        self.batch_size = SpinBox(label="Batch size", value=sizes["batch_size"], min=1, max=1024)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=defaults.learning_rate, min=1e-6, max=1.0,
                                           step=1e-5, tooltip="Lower when fine-tuning a trained model.")
         self.val_fraction = FloatSpinBox(label="Validation fraction", value=defaults.val_fraction, min=0.0,
@@ -90,8 +92,7 @@ class TrainWidget(Container):
             dims = spatial_dims(infer_axes(layers[0])) if layers else 2
         except UserInputError:
             return
-        two = (Config.patch_size, Config.batch_size)
-        three = (DEFAULTS_3D["patch_size"], DEFAULTS_3D["batch_size"])
+        two, three = (tuple(default_sizes(d).values()) for d in (2, 3))
         if (self.patch_size.value, self.batch_size.value) in (two, three):
             self.patch_size.value, self.batch_size.value = three if dims == 3 else two
 

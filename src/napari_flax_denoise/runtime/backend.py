@@ -52,12 +52,23 @@ class Profile:
         and stitches tiles there (accelerators), or cuts tiles on the host and
         sends them one batch at a time (a CPU, where host and device share
         memory and 64-byte aligned host buffers ran fastest).
+    resident_training : bool
+        Whether training keeps in-memory images on the device, draws patches
+        there and runs several steps per dispatch (accelerators), or cuts
+        patches on the host while the previous step runs (a CPU, where the
+        host sampler costs about 1% of a step).
+    training_sizes : dict
+        Default ``patch_size`` and ``batch_size`` per spatial dimensionality,
+        where they differ from :class:`~napari_flax_denoise.config.Config`'s
+        (16 patches of 64²), for settings the user leaves unset.
     """
 
     name: str
     tile_cap: dict = field(hash=False, compare=False)
     tiles_per_device: int
     resident_inference: bool
+    resident_training: bool
+    training_sizes: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def convolution(self) -> Callable:
@@ -105,9 +116,16 @@ class Profile:
 # (2048x2048: 1.08x its pixels against 1.21x with 512-pixel tiles), eight per call or as
 # many as their memory holds (see devices.default_batch_size).
 _CAPS = {2: (1024, 1024), 3: (96, 160, 160)}
+# Training patches: on a CPU, the 2D defaults (16 patches of 64²) as 16 cubes of 64³ made a step of about 12 GB
+# that ran for minutes on 2 cores; 8 cubes of 32³ are 4x the pixels of a 2D step. An accelerator is kept busy by
+# 2 M pixels a step (128 patches of 128², or 8 cubes of 64³: about 5 GB with the default network).
+_CPU_SIZES = {3: {"patch_size": 32, "batch_size": 8}}
+_ACCELERATOR_SIZES = {2: {"patch_size": 128, "batch_size": 128}, 3: {"patch_size": 64, "batch_size": 8}}
 PROFILES = {
-    "cpu": Profile("cpu", _CAPS, tiles_per_device=1, resident_inference=False),
-    "accelerator": Profile("accelerator", _CAPS, tiles_per_device=8, resident_inference=True),
+    "cpu": Profile("cpu", _CAPS, tiles_per_device=1, resident_inference=False, resident_training=False,
+                   training_sizes=_CPU_SIZES),
+    "accelerator": Profile("accelerator", _CAPS, tiles_per_device=8, resident_inference=True, resident_training=True,
+                           training_sizes=_ACCELERATOR_SIZES),
 }
 
 _lock = threading.Lock()

@@ -33,6 +33,11 @@ class Placement:
             self._split = NamedSharding(mesh, PartitionSpec("batch"))
             self._replicated = NamedSharding(mesh, PartitionSpec())
 
+    @property
+    def batch_sharding(self):
+        """How a batch made inside a compiled function is split over the devices (None on one device)."""
+        return self._split if self.count > 1 else None
+
     def replicate(self, tree):
         """Copy parameters (any pytree) to every device."""
         return jax.device_put(tree, self._replicated) if self.count > 1 else tree

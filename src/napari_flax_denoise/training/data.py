@@ -8,7 +8,11 @@ import jax
 import numpy as np
 
 from ..config import Config
+from ..io.limits import available_memory
 from ..models.normalization import Normalization
+from ..runtime.backend import active
+from ..runtime.devices import memory_budget
+from .device_patches import device_patches
 from .patches import PatchSampler, fit_patch_shape, split_rows
 
 VALIDATION_BATCHES = 4
@@ -27,6 +31,9 @@ class TrainingData:
         (empty when ``val_fraction`` is 0).
     input_norm, output_norm : Normalization
     patch_shape : tuple of int
+    device : tuple or None
+        ``(PatchPlan, buffers)`` when the backend profile trains on the
+        device and the images are in memory and fit (see :mod:`.device_patches`).
     """
 
     train: PatchSampler
@@ -34,6 +41,7 @@ class TrainingData:
     input_norm: Normalization
     output_norm: Normalization
     patch_shape: tuple
+    device: tuple | None = None
 
     @classmethod
     def build(cls, images, targets, layouts, config: Config) -> "TrainingData":
@@ -49,7 +57,12 @@ class TrainingData:
         if config.val_fraction > 0:
             sampler = PatchSampler(xs, ts, rows=[s[1] for s in splits], augment=False, seed=config.seed + 1, **common)
             val = [sampler.sample(config.batch_size) for _ in range(VALIDATION_BATCHES)]
-        return cls(train, val, input_norm, output_norm, patch_shape)
+        device = None
+        if active().resident_training:
+            device = device_patches(xs, ts, rows=[s[0] for s in splits], input_norms=per_input,
+                                    target_norms=per_target, patch_shape=patch_shape, weights=train.weights,
+                                    augment=config.augment, budget=_data_budget())
+        return cls(train, val, input_norm, output_norm, patch_shape, device)
 
     def validation_loss(self, eval_step, params, key) -> float:
         """Mean loss over the fixed validation batches (fixed masks too)."""
@@ -57,6 +70,12 @@ class TrainingData:
         losses = [eval_step(params, x, x if y is None else y, jax.random.fold_in(key, i))
                   for i, (x, y) in enumerate(self.val)]
         return float(np.mean([float(loss) for loss in losses]))
+
+
+def _data_budget() -> int:
+    """Bytes the training images may take on the device: a quarter of its budget (or of free host memory)."""
+    budget = memory_budget()
+    return (budget if budget is not None else available_memory()) // 4
 
 
 def _normalise(xs, ts, config: Config):

@@ -13,10 +13,11 @@ from pathlib import Path
 from flax import nnx
 
 from ..axes import check_image, spatial_dims
-from ..config import DEFAULTS_3D, FINE_TUNE_LEARNING_RATE, Config
+from ..config import FINE_TUNE_LEARNING_RATE, Config
 from ..errors import UserInputError
 from ..models.checkpoint import build_network, resolve_model
 from ..progress import drive
+from ..runtime.backend import active
 from ..runtime.devices import Placement
 from .data import TrainingData
 from .resume import load_last
@@ -30,13 +31,18 @@ def _as_list(arrays):
     return list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
 
 
+def default_sizes(dims: int) -> dict:
+    """``patch_size`` and ``batch_size`` a run on ``dims`` spatial axes gets unless given, on this device."""
+    return {"patch_size": Config.patch_size, "batch_size": Config.batch_size,
+            **active().training_sizes.get(dims, {})}
+
+
 def _prepare_config(config, axes, init_model, channels_in, channels_out, overrides) -> Config:
     config = Config() if config is None else config
     config = config.replace(**overrides)
     arch = dict(dims=spatial_dims(axes), in_channels=channels_in, out_channels=channels_out)
-    if arch["dims"] == 3:  # 2D-sized defaults would make each 3D step enormous
-        config = config.replace(**{key: value for key, value in DEFAULTS_3D.items()
-                                   if key not in overrides and getattr(config, key) == getattr(Config, key)})
+    config = config.replace(**{key: value for key, value in default_sizes(arch["dims"]).items()
+                               if key not in overrides and getattr(config, key) == getattr(Config, key)})
     if init_model is None and config.self_supervised and config.residual:
         raise UserInputError(f"{config.algorithm} cannot train a residual network from scratch: it would pass the "
                              "noisy pixel through. Leave residual off, or fine-tune a residual model with --init.")

@@ -2,9 +2,12 @@
 
 :meth:`TrainingRun.steps` is the training loop, a generator that yields a
 :class:`TrainProgress` after every optimiser step and returns a
-:class:`TrainResult`. Stopping (a ``stop`` callable, or closing the
-generator) takes effect between steps and keeps the best weights. The run
-is built, and its inputs checked, by :func:`.prepare.start_run`.
+:class:`TrainResult`. On a CPU each step runs on patches cut on the host; on
+an accelerator, in-memory images live on the device and several steps run
+per dispatch, their losses coming back together. Stopping (a ``stop``
+callable, or closing the generator) takes effect between dispatches and
+keeps the best weights. The run is built, and its inputs checked, by
+:func:`.prepare.start_run`.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from ..runtime.backend import active
 from ..runtime.devices import Placement
 from .data import TrainingData
 from .resume import save_last
-from .steps import make_steps, schedule
+from .steps import MAX_STEPS_PER_DISPATCH, make_dispatch, make_steps, schedule
 
 # Patience restarts only on a real improvement (0.1%), not on drift.
 MIN_IMPROVEMENT = 1e-3
+# How long one dispatch of several training steps should take on an accelerator: long enough that
+# launching it costs little, short enough that Stop and the progress bar respond at once.
+DISPATCH_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -135,46 +141,80 @@ class TrainingRun:
         Parameters
         ----------
         stop : callable, optional
-            Asked after every step; once it returns True, training ends with the best weights.
+            Asked after every dispatch of steps (every step on a CPU); once it
+            returns True, training ends with the best weights.
         """
-        config, data, placement = self.config, self.data, self.placement
-        train_step, eval_step = make_steps(self.graphdef, config)
+        config, data = self.config, self.data
+        _, eval_step = make_steps(self.graphdef, config)
         rate = jax.jit(schedule(config))  # called eagerly, optax's schedule took 5.7 ms a step
-        fold_in = jax.jit(jax.random.fold_in)  # and the key's fold-in 1.5 ms
         key = jax.random.key(config.seed)
         with active().memory():  # on a CPU, each step reuses the last one's pages
             patience, started, timed, timed_steps = 0, time.perf_counter(), None, 0
-            inputs, targets = data.train.sample(config.batch_size)
-            while self.step < self.total:
-                epoch = self.step // config.steps_per_epoch + 1
-                self.params, self.opt_state, loss = train_step(
-                    self.params, self.opt_state, placement.split(inputs),
-                    placement.split(inputs if targets is None else targets), fold_in(key, self.step))
-                self.step += 1
-                rng_state = data.train.rng.bit_generator.state  # what a resumed run must draw from next
-                inputs, targets = data.train.sample(config.batch_size)  # overlaps the step on an accelerator
-                loss = float(loss)
-                if not np.isfinite(loss):
-                    raise UserInputError("Training diverged (the loss became NaN or infinite); lower the learning rate.")
-                if timed is None:  # the first step includes compilation: time from the second on
+            chunks = self._device_steps(key) if data.device is not None else self._host_steps(key)
+            for losses, rng_state in chunks:  # the losses of consecutive steps, never past an epoch's end
+                if timed is None:  # the first dispatch includes compilation: time from the next on
                     timed = time.perf_counter()
                 else:
-                    timed_steps += 1
+                    timed_steps += len(losses)
                 per_step = (time.perf_counter() - timed) / max(timed_steps, 1)
-                end = self.step % config.steps_per_epoch == 0
-                val_loss = None
-                if end:
-                    val_loss = data.validation_loss(eval_step, self.params, key) if data.val else loss
-                    improved = val_loss < self.best_loss * (1 - MIN_IMPROVEMENT)
-                    patience = 0 if improved else patience + 1
-                    self._end_epoch(epoch, loss, val_loss, time.perf_counter() - started, rng_state)
-                yield TrainProgress(self.step, self.total, epoch, config.epochs, loss, val_loss,
-                                    float(rate(self.step - 1)), per_step * (self.total - self.step), end)
-                if stop is not None and stop():
-                    return self._finish("stop_requested")
-                if end and patience >= config.patience:
-                    return self._finish("early_stopping")
+                for last, loss in enumerate(losses, 1 - len(losses)):  # last == 0 on the dispatch's last step
+                    self.step += 1
+                    if not np.isfinite(loss):
+                        raise UserInputError("Training diverged (the loss became NaN or infinite); lower the learning rate.")
+                    epoch = (self.step - 1) // config.steps_per_epoch + 1
+                    end = self.step % config.steps_per_epoch == 0
+                    val_loss = None
+                    if end:
+                        val_loss = data.validation_loss(eval_step, self.params, key) if data.val else loss
+                        improved = val_loss < self.best_loss * (1 - MIN_IMPROVEMENT)
+                        patience = 0 if improved else patience + 1
+                        self._end_epoch(epoch, loss, val_loss, time.perf_counter() - started, rng_state)
+                    yield TrainProgress(self.step, self.total, epoch, config.epochs, loss, val_loss,
+                                        float(rate(self.step - 1)), per_step * (self.total - self.step), end)
+                    if last == 0 and stop is not None and stop():
+                        return self._finish("stop_requested")
+                    if end and patience >= config.patience:
+                        return self._finish("early_stopping")
             return self._finish("completed")
+
+    def _host_steps(self, key):
+        """One step at a time on patches cut on the host; yields ``([loss], rng_state)``.
+
+        The next batch is cut while the step runs (JAX dispatches it
+        asynchronously on an accelerator).
+        """
+        train_step, _ = make_steps(self.graphdef, self.config)
+        fold_in = jax.jit(jax.random.fold_in)  # called eagerly, the key's fold-in took 1.5 ms
+        sampler, placement, step = self.data.train, self.placement, self.step
+        inputs, targets = sampler.sample(self.config.batch_size)
+        while step < self.total:
+            self.params, self.opt_state, loss = train_step(
+                self.params, self.opt_state, placement.split(inputs),
+                placement.split(inputs if targets is None else targets), fold_in(key, step))
+            step += 1
+            rng_state = sampler.rng.bit_generator.state  # what a resumed run must draw from next
+            inputs, targets = sampler.sample(self.config.batch_size)
+            yield [float(loss)], rng_state
+
+    def _device_steps(self, key):
+        """Several steps per dispatch on patches drawn on the device; yields ``(losses, rng_state)``.
+
+        The losses are read once per dispatch, and a dispatch never crosses an
+        epoch's end. How many steps a dispatch runs is set by :class:`_Pace`.
+        """
+        plan, buffers = self.data.device
+        dispatch = make_dispatch(self.graphdef, self.config, plan, self.placement.batch_sharding)
+        buffers = self.placement.replicate(buffers)
+        rng_state = self.data.train.rng.bit_generator.state  # unused by device sampling; kept for resume's format
+        pace, step, per_epoch = _Pace(), self.step, self.config.steps_per_epoch
+        while step < self.total:
+            n = min(pace.count, per_epoch - step % per_epoch)
+            began = time.perf_counter()
+            self.params, self.opt_state, losses = dispatch(self.params, self.opt_state, buffers, key, step, n)
+            losses = np.asarray(losses)[:n].tolist()
+            pace.took(n, time.perf_counter() - began)
+            step += n
+            yield losses, rng_state
 
     def _end_epoch(self, epoch, loss, val_loss, seconds, rng_state) -> None:
         """Record the epoch, keep the best weights, and write the model and resumable state."""
@@ -193,3 +233,30 @@ class TrainingRun:
         if self.output is not None:
             save_model(model, self.output)
         return TrainResult(model, self.history, reason, self.output)
+
+
+class _Pace:
+    """How many steps the next dispatch runs: as many as take about :data:`DISPATCH_SECONDS`.
+
+    A step alone and steps in a loop are separate programs; the first call of
+    each compiles and is not timed. Should the loop run a step more slowly
+    than the step alone (XLA's CPU backend does, many times over), the loop
+    is dropped and every dispatch runs one step.
+    """
+
+    def __init__(self):
+        self.count, self.alone, self.looping = 1, None, True
+        self._compiled = set()
+
+    def took(self, steps: int, seconds: float) -> None:
+        program = steps > 1
+        if program not in self._compiled:  # the first call of each program compiles
+            self._compiled.add(program)
+            return
+        per_step = seconds / steps
+        if not program:
+            self.alone = per_step if self.alone is None else min(self.alone, per_step)
+        elif per_step > 1.5 * self.alone:
+            self.looping = False
+        wanted = int(DISPATCH_SECONDS / max(per_step, 1e-6))
+        self.count = int(np.clip(wanted, 1, MAX_STEPS_PER_DISPATCH)) if self.looping else 1

@@ -98,20 +98,66 @@ def make_steps(graphdef, config: Config):
         ``(params, inputs, targets, key) -> loss``.
     """
     profile = active()  # its forward route is traced into the steps
-    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_STEPS}
-    key = (graphdef, profile.name, json.dumps(settings, sort_keys=True))
+    return _kept(("steps", graphdef, profile.name, _settings(config)),
+                 lambda: _compile_steps(graphdef, config, optimizer(config), profile))
+
+
+# The most steps one dispatch runs; one compiled program serves any number up to it.
+MAX_STEPS_PER_DISPATCH = 64
+
+
+def make_dispatch(graphdef, config: Config, plan, batch_sharding=None):
+    """A jitted function that runs several training steps on patches drawn on the device.
+
+    Parameters
+    ----------
+    graphdef : nnx.GraphDef
+    config : Config
+    plan : PatchPlan
+        Where the patches come from (see :mod:`.device_patches`).
+    batch_sharding : jax.sharding.Sharding, optional
+        How each batch is split over several devices.
+
+    Returns
+    -------
+    callable
+        ``(params, opt_state, buffers, key, step, count) -> (params, opt_state, losses)``:
+        ``count`` (at most :data:`MAX_STEPS_PER_DISPATCH`) steps from step
+        number ``step``, each drawing its batch and its masks from
+        ``fold_in(key, step + i)``; ``losses`` holds the ``count`` losses
+        first. ``opt_state`` is donated. One step runs as a program of its
+        own; more run in one compiled loop (a single program for any count),
+        which XLA's CPU backend runs many times slower than the step alone
+        (see :class:`~.run.TrainingRun`, which measures both).
+    """
+    profile = active()
+    return _kept(("dispatch", graphdef, profile.name, _settings(config), plan, batch_sharding),
+                 lambda: _compile_dispatch(graphdef, config, optimizer(config), profile, plan, batch_sharding))
+
+
+def _settings(config: Config) -> str:
+    return json.dumps({k: v for k, v in config.to_dict().items() if k not in _NOT_IN_STEPS}, sort_keys=True)
+
+
+def _kept(key, build):
+    """The compiled function kept under ``key``, built (and the oldest dropped) when missing."""
     if key not in _KEPT_STEPS:
         if len(_KEPT_STEPS) >= _MAX_KEPT:
             del _KEPT_STEPS[next(iter(_KEPT_STEPS))]
-        _KEPT_STEPS[key] = _compile_steps(graphdef, config, optimizer(config), profile)
+        _KEPT_STEPS[key] = build()
     return _KEPT_STEPS[key]
+
+
+def _loss_of(graphdef, config: Config, profile: Profile):
+    def loss_of(params, inputs, targets, key):
+        return loss_fn(nnx.merge(graphdef, params), inputs, targets, key, config, profile)
+
+    return loss_of
 
 
 def _compile_steps(graphdef, config: Config, tx: optax.GradientTransformation, profile: Profile):
     """The two jitted steps of :func:`make_steps`, new (they compile on their first call)."""
-
-    def loss_of(params, inputs, targets, key):
-        return loss_fn(nnx.merge(graphdef, params), inputs, targets, key, config, profile)
+    loss_of = _loss_of(graphdef, config, profile)
 
     @partial(jax.jit, donate_argnums=1)
     def train_step(params, opt_state, inputs, targets, key):
@@ -120,3 +166,40 @@ def _compile_steps(graphdef, config: Config, tx: optax.GradientTransformation, p
         return optax.apply_updates(params, updates), opt_state, loss
 
     return train_step, jax.jit(loss_of)
+
+
+def _compile_dispatch(graphdef, config: Config, tx, profile: Profile, plan, batch_sharding):
+    """The jitted function of :func:`make_dispatch`, new."""
+    loss_of = _loss_of(graphdef, config, profile)
+
+    def one_step(params, opt_state, buffers, key, step):
+        data_key, mask_key = jax.random.split(jax.random.fold_in(key, step))
+        inputs, targets = plan.sample(buffers, data_key, config.batch_size)
+        targets = inputs if targets is None else targets
+        if batch_sharding is not None:
+            inputs, targets = (jax.lax.with_sharding_constraint(b, batch_sharding) for b in (inputs, targets))
+        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets, mask_key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @partial(jax.jit, donate_argnums=1)
+    def single(params, opt_state, buffers, key, step):
+        params, opt_state, loss = one_step(params, opt_state, buffers, key, step)
+        return params, opt_state, loss[None]
+
+    @partial(jax.jit, donate_argnums=1)
+    def looped(params, opt_state, buffers, key, step, count):
+        def body(i, carry):
+            params, opt_state, losses = carry
+            params, opt_state, loss = one_step(params, opt_state, buffers, key, step + i)
+            return params, opt_state, losses.at[i].set(loss)
+
+        losses = jnp.full((MAX_STEPS_PER_DISPATCH,), jnp.nan, jnp.float32)
+        return jax.lax.fori_loop(0, count, body, (params, opt_state, losses))
+
+    def dispatch(params, opt_state, buffers, key, step, count):
+        if count == 1:
+            return single(params, opt_state, buffers, key, step)
+        return looped(params, opt_state, buffers, key, step, count)
+
+    return dispatch
