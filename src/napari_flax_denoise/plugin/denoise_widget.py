@@ -28,7 +28,7 @@ class DenoiseWidget(Container):
         super().__init__()
         self.viewer = viewer
         self.worker = None
-        self.image = create_widget(annotation=napari.layers.Layer, label="Image")
+        self.image = create_widget(annotation=napari.layers.Image, label="Image")
         self.axes = LineEdit(label="Axes", tooltip="Leave empty to infer (e.g. YX, ZYX, TYX, YXC).")
         self.model = ComboBox(label="Model", choices=lambda _: MODELS.names())
         self.model_folder = FileEdit(label="Load model", mode="d", tooltip="A model folder saved by training.")
@@ -38,12 +38,16 @@ class DenoiseWidget(Container):
                                tooltip="Weigh each noisy pixel back in where the noise allows (n2v / n2v2 "
                                        "models and general-2d): restores detail that blind-spot models blur "
                                        "and that general-2d smooths at weak noise.")
+        self.precision = ComboBox(label="Precision", choices=["float32", "bfloat16"], value="float32",
+                                  tooltip="bfloat16 is about twice as fast on GPUs with tensor cores, at a small "
+                                          "cost in quality (a few hundredths of a dB on the bench images).")
         self.info = Label(value="")
+        self.device = Label(value=running.device_label())
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.extend([self.image, self.axes, self.model, self.model_folder, self.tta, self.uncertainty, self.fusion,
-                     self.info, self.run_button, self.cancel_button, self.progress])
+                     self.precision, self.info, self.run_button, self.cancel_button, self.progress, self.device])
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.model_folder.changed.connect(lambda folder: running.load_model_folder(folder, self.model))
@@ -83,11 +87,11 @@ class DenoiseWidget(Container):
         tta, std = bool(self.tta.value or self.uncertainty.value), bool(self.uncertainty.value)
         fusion = bool(self.fusion.value) and fusion_applies(model.config)
         settings = {"model": self.model.value, "algorithm": model.config.algorithm, "axes": axes, "tta": tta,
-                    "fusion": fusion, "version": __version__}
+                    "fusion": fusion, "precision": self.precision.value, "version": __version__}
         self._running(True)
         self.worker = running.start(
             denoise_iter, data, model, owner=self, axes=axes, tta=tta, return_std=std, fusion=fusion,
-            action="Denoising",
+            precision=self.precision.value, action="Denoising",
             on_yield=self._on_progress, on_return=lambda result: self._add_result(layer, settings, result),
             on_finish=lambda: self._running(False))
 
@@ -106,7 +110,8 @@ class DenoiseWidget(Container):
 
     def _add_result(self, layer, settings, result):
         denoised, std = result if isinstance(result, tuple) else (result, None)
-        data, kwargs, _ = result_layer(layer, denoised, f"{layer.name} denoised", settings)
+        same_scale = settings["algorithm"] != "care"  # care answers on its targets' scale, not the input's
+        data, kwargs, _ = result_layer(layer, denoised, f"{layer.name} denoised", settings, contrast=same_scale)
         self.viewer.add_image(data, **kwargs)
         if std is not None:
             data, kwargs, _ = result_layer(layer, std, f"{layer.name} uncertainty", settings, contrast=False)

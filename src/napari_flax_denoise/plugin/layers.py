@@ -88,8 +88,10 @@ def result_layer(layer, data, name: str, metadata: dict, *, contrast=True) -> tu
         Recorded under ``metadata["napari_flax_denoise"]``, beside a copy of
         the input's metadata.
     contrast : bool
-        Reuse the input's contrast limits (right for denoised intensities, not
-        for an uncertainty map).
+        Reuse the input's contrast limits: right for a result on the input's
+        intensity scale (blind-spot models), wrong for a supervised model's
+        (on its targets' scale) or an uncertainty map, which get limits of
+        their own.
     """
     kwargs = {
         "name": name,
@@ -102,9 +104,23 @@ def result_layer(layer, data, name: str, metadata: dict, *, contrast=True) -> tu
         kwargs["channel_axis"] = -1
     else:
         kwargs.update(rgb=layer.rgb, colormap=layer.colormap.name)
-        if contrast:
-            kwargs["contrast_limits"] = layer.contrast_limits
+        kwargs["contrast_limits"] = layer.contrast_limits if contrast else robust_limits(data)
     return data, kwargs, "image"
+
+
+def robust_limits(data) -> list:
+    """Contrast limits that show ``data``: its 0.5th and 99.5th percentiles (of a sample, for large arrays)."""
+    import numpy as np
+
+    values = np.asarray(data).ravel()
+    values = values[:: max(1, values.size // 1_000_000)]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [0.0, 1.0]
+    low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    return [low, high] if high > low else [low - 0.5, low + 0.5]
 
 
 def preview_layer(layer, crop, preview) -> tuple:
@@ -125,6 +141,6 @@ def preview_layer(layer, crop, preview) -> tuple:
     scale = [layer.scale[i] for i in spatial]
     translate = [layer.translate[i] + start * layer.scale[i] for i, start in zip(spatial, crop.offset)]
     kwargs = {"name": f"{layer.name} preview", "scale": scale, "translate": translate, "rgb": layer.rgb,
-              "colormap": layer.colormap.name, "contrast_limits": layer.contrast_limits,
+              "colormap": layer.colormap.name, "contrast_limits": robust_limits(preview),
               "metadata": {"napari_flax_denoise": {"preview_of": layer.name}}}
     return preview, kwargs, "image"

@@ -76,3 +76,20 @@ def load_model_folder(folder, picker) -> None:
         return
     picker.reset_choices()
     picker.value = name
+
+
+def device_label() -> str:
+    """Where jobs run, in words: the device JAX computes on, and a hint when a GPU is present but unused."""
+    import os
+
+    from ..runtime.backend import describe
+
+    about = describe()
+    kind = about["devices"][0].split(": ", 1)[-1].rsplit(" (", 1)[0] if about["devices"] else "unknown"
+    if about["platform"] == "cpu":
+        text = f"Runs on: CPU ({os.cpu_count()} cores)"
+        if os.path.exists("/proc/driver/nvidia/version"):
+            text += " — an NVIDIA GPU is present; to use it: pip install -U \"jax[cuda12]\""
+        return text
+    count = len(about["devices"])
+    return f"Runs on: {about['platform'].upper()} ({kind}{f' x {count}' if count > 1 else ''})"

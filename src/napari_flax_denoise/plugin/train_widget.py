@@ -67,11 +67,12 @@ class TrainWidget(Container):
         self.save_button = PushButton(text="Save model", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.status = Label(value="")
+        self.device = Label(value=running.device_label())
         self.plot = LossPlot()
         self.extend([self.images, self.target, self.algorithm, self.start_from, self.model_folder, self.axes, self.epochs,
                      self.steps_per_epoch, self.patch_size, self.batch_size, self.learning_rate, self.val_fraction,
                      self.preview_every, self.folder, self.start_button, self.stop_button, self.save_button,
-                     self.progress, self.status])
+                     self.progress, self.status, self.device])
         self.native.layout().addWidget(self.plot)
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
@@ -145,6 +146,11 @@ class TrainWidget(Container):
     def _running(self, on: bool):
         self.start_button.enabled, self.stop_button.enabled = not on, on
         self.save_button.enabled = not on and self.result is not None
+        if on:
+            self.progress.max, self.progress.value = 1, 0
+            self.status.value = "Starting the training process; the first step also compiles the network ..."
+        elif self.result is None:
+            self.status.value = "Training did not finish (stopped before its first step, or failed: see the message)."
 
     def _on_update(self, layer, update):
         event = update.progress
@@ -157,7 +163,8 @@ class TrainWidget(Container):
         if update.preview is not None:
             data, kwargs, _ = preview_layer(layer, update.crop, update.preview)
             if kwargs["name"] in self.viewer.layers:
-                self.viewer.layers[kwargs["name"]].data = data
+                shown = self.viewer.layers[kwargs["name"]]
+                shown.data, shown.contrast_limits = data, kwargs["contrast_limits"]
             else:
                 self.viewer.add_image(data, **kwargs)
 
