@@ -41,7 +41,7 @@ from napari_flax_denoise.inference.resident import apply_network  # noqa: E402
 from napari_flax_denoise.models.checkpoint import TrainedModel, build_network  # noqa: E402
 from napari_flax_denoise.models.normalization import Normalization  # noqa: E402
 from napari_flax_denoise.runtime.backend import active, describe  # noqa: E402
-from gpu_training import markdown as training_markdown, training  # noqa: E402
+from gpu_training import markdown as training_markdown, torch_on_gpu, training  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -86,14 +86,10 @@ def end_to_end(model, shape, axes, **options):
 
 def torch_rates(batch, tile):
     """The same U-Net (n2v architecture) in PyTorch on this GPU, or None without CUDA."""
-    try:
-        import torch
-    except ImportError:
+    found = torch_on_gpu()
+    if found is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    sys.path.insert(0, str(HERE))
-    from torch_peer import UNet
+    torch, UNet = found
 
     net = UNet().cuda().eval()
     x = torch.rand(batch, 1, tile, tile, device="cuda")

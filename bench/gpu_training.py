@@ -25,6 +25,20 @@ HERE = Path(__file__).parent
 SIGMA = 25.0
 
 
+def torch_on_gpu():
+    """``(torch, UNet)`` with the same U-Net as ours (bench/torch_peer.py) when PyTorch sees a GPU, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    sys.path.insert(0, str(HERE))
+    from torch_peer import UNet
+
+    return torch, UNet
+
+
 def our_steps_per_s(algorithm, batch, patch, steps):
     """Steps/s of our trainer after its first dispatch, and the seconds to that first step."""
     image = np.random.default_rng(2).normal(100, 20, (1024, 1024)).astype(np.float32)
@@ -42,14 +56,10 @@ def our_steps_per_s(algorithm, batch, patch, steps):
 
 def torch_steps_per_s(batch, patch, steps):
     """Steps/s of the same U-Net trained in PyTorch on this GPU (fp32, TF32, bf16 autocast), or None."""
-    try:
-        import torch
-    except ImportError:
+    found = torch_on_gpu()
+    if found is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    sys.path.insert(0, str(HERE))
-    from torch_peer import UNet
+    torch, UNet = found
 
     rates = {}
     x, y = torch.rand(batch, 1, patch, patch, device="cuda"), torch.rand(batch, 1, patch, patch, device="cuda")
@@ -112,14 +122,10 @@ def our_psnr_after(budget, batch, patch):
 
 def torch_psnr_after(budget, batch, patch):
     """PSNR on camera after ``budget`` seconds of the same care training in PyTorch (TF32), or None."""
-    try:
-        import torch
-    except ImportError:
+    found = torch_on_gpu()
+    if found is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    sys.path.insert(0, str(HERE))
-    from torch_peer import UNet
+    torch, UNet = found
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     noisy, clean = camera_pair()
