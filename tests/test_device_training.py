@@ -121,3 +121,7 @@ def test_dispatches_grow_to_a_tenth_of_a_second_and_drop_a_loop_that_runs_slower
     slowest.took(1, 5.0)
     slowest.took(1, 0.5)
     assert slowest.count == 1  # steps longer than a dispatch: one at a time
+    never = _Pace(looping=False)  # a device whose loops are known to be slow
+    never.took(1, 5.0)
+    never.took(1, 0.002)
+    assert never.count == 1

@@ -24,7 +24,7 @@ from ..config import Config
 from ..errors import UserInputError
 from ..models.checkpoint import TrainedModel, save_model
 from ..progress import Progress
-from ..runtime.backend import active
+from ..runtime.backend import active, compiled_loops_are_slow
 from ..runtime.devices import Placement
 from .data import TrainingData
 from .resume import save_last
@@ -206,7 +206,7 @@ class TrainingRun:
         dispatch = make_dispatch(self.graphdef, self.config, plan, self.placement.batch_sharding)
         buffers = self.placement.replicate(buffers)
         rng_state = self.data.train.rng.bit_generator.state  # unused by device sampling; kept for resume's format
-        pace, step, per_epoch = _Pace(), self.step, self.config.steps_per_epoch
+        pace, step, per_epoch = _Pace(looping=not compiled_loops_are_slow()), self.step, self.config.steps_per_epoch
         while step < self.total:
             n = min(pace.count, per_epoch - step % per_epoch)
             began = time.perf_counter()
@@ -240,12 +240,14 @@ class _Pace:
 
     A step alone and steps in a loop are separate programs; the first call of
     each compiles and is not timed. Should the loop run a step more slowly
-    than the step alone (XLA's CPU backend does, many times over), the loop
-    is dropped and every dispatch runs one step.
+    than the step alone, the loop is dropped and every dispatch runs one
+    step; where loops are known to be slow (a CPU device, see
+    :func:`~napari_flax_denoise.runtime.backend.compiled_loops_are_slow`),
+    it is never tried (``looping=False``).
     """
 
-    def __init__(self):
-        self.count, self.alone, self.looping = 1, None, True
+    def __init__(self, looping: bool = True):
+        self.count, self.alone, self.looping = 1, None, looping
         self._compiled = set()
 
     def took(self, steps: int, seconds: float) -> None:
