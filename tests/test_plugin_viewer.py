@@ -205,12 +205,18 @@ def test_fine_tuning_starts_from_a_loaded_model_folder(viewer, qtbot, tiny_model
     assert "noisy preview" not in viewer.layers
 
 
-def test_stop_ends_care_training_within_a_step_and_keeps_a_model(viewer, qtbot):
+def _start_long_care_training(viewer):
+    """A care run on the cell pair that would go on for 1000 epochs."""
     noisy, clean = viewer.open_sample(PLUGIN, "cell_pair")
     trainer = _trainer(viewer, epochs=1000, steps_per_epoch=2, algorithm="care", preview_every=0)
     trainer.images.value = [noisy]
     trainer.target.value = clean
     trainer.start_button.native.click()
+    return trainer
+
+
+def test_stop_ends_care_training_within_a_step_and_keeps_a_model(viewer, qtbot):
+    trainer = _start_long_care_training(viewer)
     qtbot.waitUntil(lambda: len(trainer.plot.val) >= 2, timeout=TIMEOUT)
     trainer.stop_button.native.click()
     asked = len(trainer.plot.train)
@@ -293,11 +299,7 @@ def test_closing_the_viewer_stops_training_and_leaves_no_process(make_napari_vie
     from test_plugin_core import _training_children
 
     viewer = make_napari_viewer()
-    noisy, clean = viewer.open_sample(PLUGIN, "cell_pair")
-    trainer = _trainer(viewer, epochs=1000, steps_per_epoch=2, algorithm="care", preview_every=0)
-    trainer.images.value = [noisy]
-    trainer.target.value = clean
-    trainer.start_button.native.click()
+    trainer = _start_long_care_training(viewer)
     qtbot.waitUntil(lambda: len(trainer.plot.train) >= 1, timeout=TIMEOUT)
     assert len(_training_children()) == 1
     viewer.close()

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import UserInputError
 from .atomic import TEMPORARY_EXTRA, atomic_path
 from .atomic import full_suffix as _suffix
-from .limits import check_memory, check_stored
+from .limits import check_memory, check_stored, npy_header
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr", ".dcm")
 WRITE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr")
@@ -168,9 +168,7 @@ def _read_npy(path: Path) -> np.ndarray:
             raise UserInputError(f"'{path}' is an .npz archive, not a single .npy array; save one array with "
                                  "numpy.save, or rename it to .npz and extract the array you want.")
         handle.seek(0)
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(handle)
+        shape, dtype = npy_header(handle)
         offset = handle.tell()
     if dtype.hasobject:
         raise UserInputError(f"'{path}' holds Python objects, not numbers; save a numeric array.")

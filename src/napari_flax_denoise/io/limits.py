@@ -45,6 +45,16 @@ def size_text(nbytes: float) -> str:
     return f"{nbytes:.1f} TiB"  # pragma: no cover
 
 
+def npy_header(handle) -> tuple[tuple, "np.dtype"]:
+    """The shape and type a ``.npy`` stream's header declares, read without its data (the stream stops after it)."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(handle)
+    return tuple(shape), dtype
+
+
 def check_stored(path: str | Path, offset: int, nbytes: int) -> None:
     """Refuse uncompressed pixel data that the file does not really hold.
 

@@ -23,6 +23,7 @@ from .._version import __version__
 from ..config import Config, read_json
 from ..errors import UserInputError
 from ..io.atomic import atomic_path
+from ..io.limits import npy_header
 from ..network.unet import UNet
 from .embedded import embedded_models, embedded_path
 from .normalization import Normalization
@@ -122,10 +123,8 @@ def read_tree(path: Path, like):
 def _member(archive, name: str, shape) -> np.ndarray | None:
     """One ``.npy`` member, or None when its header declares another shape or a non-numeric type."""
     with archive.open(name) as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        declared, _, dtype = read_header(handle)
-    if tuple(declared) != tuple(shape) or dtype.kind not in "biuf":
+        declared, dtype = npy_header(handle)
+    if declared != tuple(shape) or dtype.kind not in "biuf":
         return None
     with archive.open(name) as handle:
         return np.lib.format.read_array(handle, allow_pickle=False)
