@@ -147,7 +147,7 @@ OUTPUT_CASES = {  # output arguments -> what the sentence says; checked before a
     "output inside the input store": (["--output", "{store}/out.tif"], "would overwrite the input"),
     "uncertainty is the output": (["--output", "{dir}/out.tif", "--uncertainty", "{dir}/out.tif"], "same file"),
     "uncertainty extension": (["--output", "{dir}/out.tif", "--uncertainty", "{dir}/std.jpg"], "extension"),
-    "output is a folder": (["--output", "{folder}"], "existing folder"),
+    "format with one output file": (["--output", "{dir}/out.tif", "--format", "npy"], "--format applies"),
     "output under a file": (["--output", "{plain}/out.tif"], "which is a file"),
     "output name too long": (["--output", "{dir}/" + "n" * 230 + ".tif"], "too long"),
 }
@@ -173,6 +173,43 @@ def test_outputs_that_would_lose_data_or_fail_late_are_refused_first(files, tmp_
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert fragment in run.stderr
     assert {p: _digest(p) for p in before} == before and sorted(tmp_path.rglob("*")) == listing  # nothing written
+
+
+def test_many_inputs_go_into_a_folder_each_keeping_its_name(files, tmp_path, noisy, tiny_model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", noisy)
+    np.save(folder / "b.npy", noisy[:64, :96])
+    np.save(folder / "flat.npy", np.ones((32, 32), np.float32))
+    (folder / ".hidden.tif").write_bytes(b"not read")
+    (folder / "notes.txt").write_text("not an image")
+    single = tmp_path / "c.tif"
+    tifffile.imwrite(single, noisy[::2, ::2])
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    tifffile.imwrite(clash / "d.tif", noisy)
+    np.save(clash / "d.npy", noisy)
+    (tmp_path / "existing").mkdir()
+    before = {p: _digest(p) for p in tmp_path.rglob("*") if p.is_file()}
+    model = ("--model", files / "model", "--no-fusion", "--quiet")
+    many, clashing, into = flax_denoise_together(
+        ("denoise", folder, single, "--output", tmp_path / "out", *model),
+        ("denoise", clash / "d.*", "--output", tmp_path / "both", "--format", "npy", *model),  # our glob, no shell
+        ("denoise", single, "--output", tmp_path / "existing", *model))
+    assert many.returncode == 2 and "Traceback" not in many.stderr, many.stderr  # one input failed, the rest written
+    assert "Skipped" in many.stderr and "flat.npy" in many.stderr and "constant" in many.stderr
+    assert "Denoised 3 of 4 images" in many.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.npy", "c.tif"]
+    expected = {"a.tif": noisy, "b.npy": noisy[:64, :96], "c.tif": noisy[::2, ::2]}
+    for name, image in expected.items():
+        path = tmp_path / "out" / name
+        written = np.load(path) if name.endswith(".npy") else tifffile.imread(path)
+        np.testing.assert_allclose(written, denoise(image, tiny_model, axes="YX", fusion=False), atol=1e-4)
+    assert clashing.returncode == 2 and "would both be written to 'd.npy'" in clashing.stderr, clashing.stderr
+    assert not (tmp_path / "both").exists()
+    assert into.returncode == 0, into.stderr
+    assert [p.name for p in (tmp_path / "existing").iterdir()] == ["c.tif"]
+    assert {p: _digest(p) for p in before} == before
 
 
 def test_a_model_folder_that_is_an_input_is_refused_before_training(files, tmp_path):

@@ -50,16 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    denoise = commands.add_parser("denoise", help="denoise an image with a trained model")
-    denoise.add_argument("input", metavar="INPUT",
-                         help="TIFF, .npy, PNG, NIfTI, zarr / OME-Zarr, a .dcm file or a DICOM series folder")
-    denoise.add_argument("--output", required=True, metavar="OUTPUT")
+    denoise = commands.add_parser("denoise", help="denoise images with a trained model")
+    denoise.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="TIFF, .npy, PNG, NIfTI, zarr / OME-Zarr, a .dcm file or a DICOM series folder; "
+                              "several inputs, folders of images or glob patterns are denoised into the folder OUTPUT")
+    denoise.add_argument("--output", required=True, metavar="OUTPUT",
+                         help="the output file, or for several inputs a folder: each result keeps its input's name")
+    denoise.add_argument("--format", metavar="EXT",
+                         help="with an output folder: write this format (tif, npy, png, nii.gz, zarr) instead of "
+                              "each input's own")
     denoise.add_argument("--model", metavar="MODEL",
                          help="model directory or embedded model name (default: the embedded default)")
     denoise.add_argument("--axes", help="axes of the input (read from OME-TIFF when omitted)")
     denoise.add_argument("--tile-shape", nargs="+", type=_positive_int, metavar="T")
     denoise.add_argument("--tta", action="store_true", help="average the 8 flips / rotations")
-    denoise.add_argument("--uncertainty", metavar="OUTPUT", help="write the TTA standard deviation here (implies --tta)")
+    denoise.add_argument("--uncertainty", metavar="OUTPUT",
+                         help="write the TTA standard deviation here, a file or for several inputs a folder "
+                              "(implies --tta)")
     denoise.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
                          help="keep the network's prediction as it is (by default, for n2v / n2v2 models and general-2d, "
                               "it is combined with each noisy pixel, weighted by the estimated noise, wherever "
@@ -82,8 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(job, quiet, unit, describe=None):
-    """Drive a job (a generator of :class:`~.progress.Progress`) with a tqdm bar on stderr; return its result."""
+def _progress(job, quiet, unit, describe=None, scale=1):
+    """Drive a job (a generator of :class:`~.progress.Progress`) with a tqdm bar on stderr; return its result.
+
+    ``scale``: progress units per ``unit`` shown.
+    """
     from tqdm import tqdm
 
     from .progress import drive
@@ -93,7 +103,7 @@ def _progress(job, quiet, unit, describe=None):
     bar = tqdm(unit=unit, file=sys.stderr)
 
     def show(event):
-        bar.total, bar.n = event.total, event.done
+        bar.total, bar.n = event.total / scale, event.done / scale
         if describe is not None:
             bar.set_postfix_str(describe(event), refresh=False)
         bar.refresh()
@@ -169,65 +179,59 @@ def _train(args):
     print(f"Saved model to {result.output} ({result.stopped}, best validation loss {best:.4g}).")
 
 
-def _default_model(axes: str, ndim: int) -> tuple[str, str]:
-    """The embedded default's name for these axes, and the axes to use it with."""
-    from .axes import spatial_dims, validate_axes
-    from .models.checkpoint import load_embedded
-    from .models.embedded import default_model_name
-
-    dims = spatial_dims(validate_axes(axes, ndim))
-    name = default_model_name(dims)  # a name, which workers and resolve_model can load
-    if dims != load_embedded(name).config.dims and "S" not in axes:  # a 2D default on a 3D stack
-        print(f"Denoising the {axes} stack plane by plane with the embedded 2D model '{name}'.", file=sys.stderr)
-        axes = axes.replace("Z", "S")
-    return name, axes
-
-
 def _denoise(args):
+    from pathlib import Path
+
+    from .io.listing import names_several
+
+    if names_several(args.inputs) or (Path(args.output).is_dir() and not args.output.lower().endswith(".zarr")):
+        return _denoise_many(args)
+    if args.format is not None:
+        raise UserInputError("--format applies to an output folder; for one input, end the output's name with "
+                             "the extension you want.")
     from .io.files import check_output
 
-    check_output(args.output, inputs=[args.input])  # before anything is read or computed
+    [source] = args.inputs
+    check_output(args.output, inputs=[source])  # before anything is read or computed
     if args.uncertainty is not None:
-        check_output(args.uncertainty, inputs=[args.input], others=[args.output])
+        check_output(args.uncertainty, inputs=[source], others=[args.output])
     _start_process("denoise")
-    from .io.files import write_image
-    from .inference.prediction import denoise_iter
-    image, file_axes, spacing = _open(args.input)
-    axes = args.axes or file_axes
-    if axes is None:
-        axes = {2: "YX", 3: None}.get(len(image.shape))
-        if axes is None:
-            raise UserInputError(f"The input has {len(image.shape)} dimensions and no axes metadata; give --axes (e.g. ZYX or TYX).")
-    model = args.model
-    if model is None:
-        model, axes = _default_model(axes, len(image.shape))
-    tta = args.tta or args.uncertainty is not None
-    options = dict(axes=axes, tile_shape=args.tile_shape, tta=tta, return_std=args.uncertainty is not None,
-                   fusion=args.fusion, precision=args.precision)
-    # The output keeps the axes the file or the user gave (Z stays Z when planes were denoised one by one).
-    same_axes = next((a for a in (file_axes, args.axes) if a and len(a) == len(image.shape)), axes)
+    from .inference.batch import denoise_input, open_input
+
+    opened = open_input(source, args.model, axes=args.axes)
+    if opened.note:
+        print(opened.note, file=sys.stderr)
     if args.scheduler:
-        _denoise_on_cluster(args, image, model, options, same_axes, spacing)
+        _denoise_on_cluster(args, opened, _options(args))
         return
-    if str(args.output).lower().endswith(".zarr") and not isinstance(image, np.ndarray) and args.uncertainty is None:
-        # zarr in, zarr out: every plane goes to disk as soon as it is done, so memory stays at one plane.
-        from .io.zarr_store import zarr_output
-        from .models.checkpoint import resolve_model
-
-        model = resolve_model(model)
-        if model.config.out_channels == model.config.in_channels:
-            with zarr_output(args.output, image.shape, same_axes, spacing) as out:
-                _progress(denoise_iter(image, model, out=out, **options), args.quiet, "batch")
-            return
-    result = _progress(denoise_iter(image, model, **options), args.quiet, "batch")
-    denoised, std = result if args.uncertainty is not None else (result, None)
-    out_axes = same_axes if denoised.ndim == len(same_axes) else axes + "C"
-    write_image(args.output, denoised, out_axes, spacing)
-    if std is not None:
-        write_image(args.uncertainty, std, out_axes, spacing)
+    _progress(denoise_input(opened, args.output, uncertainty=args.uncertainty, **_options(args)), args.quiet, "batch")
 
 
-def _denoise_on_cluster(args, image, model, options, out_axes, spacing):
+def _options(args) -> dict:
+    return dict(tile_shape=args.tile_shape, tta=args.tta, fusion=args.fusion, precision=args.precision)
+
+
+def _denoise_many(args):
+    if args.scheduler:
+        raise UserInputError("--scheduler takes one input at a time; give one input (a large stack or store).")
+    _start_process("denoise")
+    from .inference.batch import denoise_files
+
+    job = denoise_files(args.inputs, args.output, args.model, suffix=args.format, axes=args.axes,
+                        uncertainty_folder=args.uncertainty, **_options(args))
+    result = _progress(job, args.quiet, "image", lambda event: f"{event.file}/{event.files} {event.name}", scale=100)
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    for path, reason in result.failed:
+        print(f"Skipped {path}: {reason}", file=sys.stderr)
+    count = len(result.written) + len(result.failed)
+    print(f"Denoised {len(result.written)} of {count} images into {args.output}.")
+    if result.failed:
+        raise UserInputError(f"{len(result.failed)} of {count} inputs could not be denoised (reasons above); "
+                             "fix or remove them and run again.")
+
+
+def _denoise_on_cluster(args, opened, options):
     from .inference.cluster import denoise_lazily
     from .io.files import write_image
 
@@ -241,17 +245,19 @@ def _denoise_on_cluster(args, image, model, options, out_axes, spacing):
         client = Client(args.scheduler, timeout=30)
     except OSError as err:
         raise UserInputError(f"Could not reach the dask scheduler at {args.scheduler} ({err}); check the address.") from None
+    image, spacing = opened.image, opened.spacing
     with client:
-        lazy = denoise_lazily(image, model, **{k: options[k] for k in ("axes", "tile_shape", "tta", "fusion")})
+        lazy = denoise_lazily(image, opened.model, axes=opened.axes,
+                              **{k: options[k] for k in ("tile_shape", "tta", "fusion")})
         if str(args.output).lower().endswith(".zarr"):  # the workers write their planes straight to the store
             import dask.array as da
 
             from .io.zarr_store import zarr_output
 
-            with zarr_output(args.output, image.shape, out_axes, spacing) as out:
+            with zarr_output(args.output, image.shape, opened.out_axes, spacing) as out:
                 da.store(lazy, out, lock=False)
         else:
-            write_image(args.output, client.compute(lazy).result(), out_axes, spacing)
+            write_image(args.output, client.compute(lazy).result(), opened.out_axes, spacing)
 
 
 def _models(args):

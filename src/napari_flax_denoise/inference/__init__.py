@@ -10,6 +10,8 @@
     Tile shapes and spans.
 ``fusion``, ``noise``
     Pixel fusion and the noise line it fits.
+``batch``
+    Files in, files out: one input or many into a folder, with one model load.
 ``cluster``
     Denoising a lazy stack on a dask cluster.
 """
@@ -19,4 +21,5 @@ from .._lazy import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "denoise": "prediction",
     "denoise_iter": "prediction",
+    "denoise_files": "batch",
 })

@@ -2,6 +2,8 @@
 
 ``files``
     Open / read / write by file type (TIFF, OME-TIFF, NumPy, PNG, ...); output paths checked before work.
+``listing``
+    Which images files, folders and glob patterns name, and what each result in a folder is called.
 ``limits``
     What a file claims (sizes, links) checked before anything is allocated or followed.
 ``atomic``
