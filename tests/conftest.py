@@ -33,6 +33,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _own_settings(tmp_path_factory, monkeypatch):
+    """Every test starts with no remembered widget settings (plugin.settings), and keeps none."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
+@pytest.fixture(autouse=True)
 def _float32_precision(request):
     """Tests marked ``float32`` compare at float32 precision: an accelerator's default (TF32 on an
     NVIDIA GPU) missed 1e-5 tolerances by up to 4e-3, which says nothing about the code."""

@@ -50,7 +50,7 @@ def test_denoise_a_2d_sample_keeps_placement_and_input(viewer, denoiser, qtbot, 
     layer.scale, layer.translate = (0.5, 0.25), (10, 20)
     before = _digest(layer.data)
     denoiser.image.value = layer
-    assert denoiser.info.value == "Inferred axes: YX"
+    assert denoiser.info.value == "2D image 512 × 512 (axes YX)"
     _run(qtbot, denoiser, denoiser.run_button)
     result = viewer.layers["nuclei (noisy) denoised"]
     np.testing.assert_allclose(result.scale, (0.5, 0.25))
@@ -68,6 +68,7 @@ def test_denoise_a_3d_sample_plane_by_plane_with_uncertainty(viewer, denoiser, q
     [layer] = viewer.open_sample(PLUGIN, "fmri_3d")
     before = _digest(layer.data)
     denoiser.image.value = layer
+    assert f"Z: {layer.data.shape[0]} slices, each denoised by the 2D model" in denoiser.info.value
     denoiser.uncertainty.value = True
     assert denoiser.tta.value  # the uncertainty map comes from test-time augmentation
     _run(qtbot, denoiser, denoiser.run_button)
@@ -101,6 +102,57 @@ def test_cancel_stops_denoising_without_adding_a_layer(viewer, denoiser, qtbot):
     qtbot.waitUntil(lambda: denoiser.run_button.enabled, timeout=TIMEOUT)
     assert "big denoised" not in viewer.layers
     assert denoiser.progress.value < denoiser.progress.max
+    assert denoiser.status.value.startswith("Cancelled")
+
+
+def _hidden(control):
+    """Hidden by the widget (the viewer itself is not shown in tests, so nothing is visible)."""
+    return control.native.isHidden()
+
+
+def test_a_folder_is_denoised_from_disk_with_skipped_files_named(viewer, denoiser, qtbot, noisy, tiny_model, tmp_path):
+    import tifffile
+
+    source, target = tmp_path / "scans", tmp_path / "denoised"
+    source.mkdir()
+    tifffile.imwrite(source / "a.tif", noisy)
+    np.save(source / "b.npy", noisy[:64])
+    np.save(source / "flat.npy", np.ones((32, 32), np.float32))
+    denoiser.source.value = "a folder of files (from disk)"
+    assert _hidden(denoiser.image) and not _hidden(denoiser.input_folder)
+    denoiser.input_folder.value, denoiser.output_folder.value = source, target
+    denoiser.format.value = ".tif"
+    layers = len(viewer.layers)
+    messages = _errors_after(lambda: _run(qtbot, denoiser, denoiser.run_button))
+    assert sorted(p.name for p in target.iterdir()) == ["a.tif", "b.tif"]
+    np.testing.assert_allclose(tifffile.imread(target / "b.tif"), denoise(noisy[:64], tiny_model, axes="YX"),
+                               atol=1e-4)
+    assert denoiser.status.value.startswith("Done: 2 of 3 images")
+    assert any("flat.npy" in m and "constant" in m for m in messages), messages
+    assert len(viewer.layers) == layers  # nothing added to the viewer
+
+
+def test_settings_are_remembered_restored_and_a_result_replaced(viewer, denoiser, qtbot, make_napari_viewer):
+    rgb = viewer.add_image(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), name="photo")
+    assert rgb.rgb
+    denoiser.image.value = rgb
+    denoiser.replace.value, denoiser.tta.value = True, True
+    _run(qtbot, denoiser, denoiser.run_button)
+    first = viewer.layers["photo denoised"]
+    assert first.data.dtype == np.uint8 and first.rgb  # a colour result in its input's type, not floats -6..260
+    viewer.layers.move(viewer.layers.index(first), 0)
+    _run(qtbot, denoiser, denoiser.run_button)
+    assert [layer.name for layer in viewer.layers].count("photo denoised") == 1 and "photo denoised [1]" not in viewer.layers
+    assert viewer.layers.index("photo denoised") == 0 and viewer.layers["photo denoised"] is not first
+    _, again = make_napari_viewer().window.add_plugin_dock_widget(PLUGIN, "Denoise")  # as if napari restarted
+    assert again.tta.value and again.replace.value
+    assert _hidden(again.axes)  # advanced settings stay folded
+    again.advanced.value = True
+    assert not _hidden(again.axes) and not _hidden(again.precision)
+    again.defaults_button.native.click()
+    assert not again.tta.value and not again.replace.value and _hidden(again.axes)
+    every = [w for w in again if w.widget_type not in ("Label", "ProgressBar")]
+    assert all(w.tooltip for w in every), [w.label for w in every if not w.tooltip]
 
 
 def _errors_after(action):
@@ -213,6 +265,28 @@ def _start_long_care_training(viewer):
     trainer.target.value = clean
     trainer.start_button.native.click()
     return trainer
+
+
+def test_targets_are_checked_before_start_and_an_unvalidated_model_is_flagged(viewer, qtbot, noisy):
+    layer = viewer.add_image(noisy, name="cells")
+    trainer = _trainer(viewer, epochs=1, steps_per_epoch=10_000, preview_every=0)
+    assert list(trainer.images.value) == [layer]  # the active layer, so the first Start works
+    assert not trainer.target.enabled  # n2v2 takes no target
+    trainer.algorithm.value = "care"
+    assert trainer.target.enabled
+    trainer.target.value = viewer.add_image(np.stack([noisy, noisy]), name="stack")
+    messages = _errors_after(trainer.start_button.native.click)
+    assert trainer.worker is None  # refused before a child process started
+    assert any("(2, 128, 128)" in m and "(128, 128)" in m for m in messages), messages
+    trainer.algorithm.value = "n2v2"
+    trainer.start_button.native.click()
+    qtbot.waitUntil(lambda: len(trainer.plot.train) >= 1, timeout=TIMEOUT)
+    messages = _errors_after(lambda: (trainer.stop_button.native.click(),
+                                      qtbot.waitUntil(lambda: trainer.start_button.enabled, timeout=TIMEOUT)))
+    [name] = [n for n in MODELS.names() if n.startswith("cells · n2v2 · ")]
+    assert name.endswith("(stopped before its first validation)")
+    assert MODELS.preferred() != name  # listed, never preselected
+    assert any("not chosen" in m for m in messages), messages
 
 
 def test_stop_ends_care_training_within_a_step_and_keeps_a_model(viewer, qtbot):

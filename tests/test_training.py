@@ -233,3 +233,16 @@ def test_patch_and_batch_defaults_follow_the_device_unless_given(profile):
     assert (three.patch_size, three.batch_size) == ((32, 8) if profile == "cpu" else (64, 8))
     assert (two.patch_size, two.batch_size) == ((Config.patch_size, Config.batch_size) if profile == "cpu"
                                                 else (128, 128))
+
+
+def test_a_loss_that_grows_a_hundredfold_warns_once_and_flags_the_model():
+    from napari_flax_denoise.training.run import LossWatch, TrainResult
+
+    watch = LossWatch()
+    assert [watch.add(x) for x in (1.0, 0.2, 0.3, 19.0)] == [None] * 4  # 95x the lowest: noisy, not diverging
+    assert "grew 105-fold" in watch.add(21.0)
+    assert watch.add(1e15) is None  # said once
+    result = TrainResult(model=None, history=[{"epoch": 1, "train_loss": 21.0, "val_loss": 20.0}])
+    assert watch.problem(result) == "diverged"
+    assert LossWatch().problem(result) is None
+    assert LossWatch().problem(TrainResult(model=None)) == "stopped before its first validation"

@@ -55,7 +55,7 @@ class OpenedInput:
     note: str | None = None
 
 
-def open_input(path, model=None, *, axes: str | None = None) -> OpenedInput:
+def open_input(path, model=None, *, axes: str | None = None, planes: bool = False) -> OpenedInput:
     """Open ``path`` and decide its axes and model.
 
     Parameters
@@ -67,9 +67,13 @@ def open_input(path, model=None, *, axes: str | None = None) -> OpenedInput:
         stack then goes plane by plane through the 2D model, said in ``note``.
     axes : str, optional
         Axes of the input; default those the file records, or Y X for 2D.
+    planes : bool
+        Let a 2D model given as ``model`` go plane by plane through a 3D
+        stack too (the default model always does); otherwise that is an
+        error that says how to ask for it.
     """
     from ..io.files import open_image
-    from ..models.checkpoint import load_embedded
+    from ..models.checkpoint import load_embedded, resolve_model
     from ..models.embedded import default_model_name
 
     opened = open_image(path)
@@ -84,9 +88,12 @@ def open_input(path, model=None, *, axes: str | None = None) -> OpenedInput:
     note = None
     if model is None:
         model = default_model_name(spatial_dims(use))  # a name, which workers and resolve_model can load
-        if load_embedded(model).config.dims == 2 and "Z" in use:
-            note = f"Denoising the {use} stack plane by plane with the embedded 2D model '{model}'."
-            use = use.replace("Z", "S")
+        dims, planes, which = load_embedded(model).config.dims, True, f"the embedded 2D model '{model}'"
+    else:
+        dims, which = resolve_model(model).config.dims, "the 2D model"
+    if planes and dims == 2 and "Z" in use and "S" not in use:
+        note = f"Denoising the {use} stack plane by plane with {which}."
+        use = use.replace("Z", "S")
     return OpenedInput(Path(path), opened.data, use, out_axes, opened.spacing, model, note)
 
 
@@ -160,7 +167,7 @@ class BatchResult:
 
 
 def denoise_files(inputs, folder, model=None, *, suffix: str | None = None, axes: str | None = None,
-                  uncertainty_folder=None, **options):
+                  uncertainty_folder=None, planes: bool = False, **options):
     """Denoise many files into ``folder``, loading the model once.
 
     A generator: yields :class:`FileProgress` and returns a :class:`BatchResult`.
@@ -178,6 +185,8 @@ def denoise_files(inputs, folder, model=None, *, suffix: str | None = None, axes
         Axes of every input (default: from each file).
     uncertainty_folder : str or Path, optional
         Also write each TTA standard deviation here, under the same name.
+    planes : bool
+        A 2D ``model`` goes plane by plane through 3D stacks (see :func:`open_input`).
     **options
         Passed to :func:`.prediction.denoise_iter` (``tta``, ``fusion``, ``precision`` ...).
 
@@ -209,7 +218,7 @@ def denoise_files(inputs, folder, model=None, *, suffix: str | None = None, axes
     for number, (path, output, spread) in enumerate(zip(paths, outputs, spreads), start=1):
         yield FileProgress((number - 1) * _UNITS, len(paths) * _UNITS, number, len(paths), path.name)
         try:
-            opened = open_input(path, model, axes=axes)
+            opened = open_input(path, model, axes=axes, planes=planes)
             job = denoise_input(opened, output, uncertainty=spread, **options)
             yield from relay(job, lambda step, number=number, name=path.name: FileProgress(
                 (number - 1) * _UNITS + _UNITS * step.done // max(step.total, 1), len(paths) * _UNITS,

@@ -67,6 +67,38 @@ def infer_axes(layer, model_dims: int | None = None) -> str:
     return axes
 
 
+def describe_axes(axes: str, shape, declared: str = "") -> str:
+    """How an image of ``shape`` is denoised with ``axes``, in plain words.
+
+    Parameters
+    ----------
+    axes : str
+        The axes the model gets (from :func:`infer_axes`).
+    shape : tuple of int
+    declared : str
+        The layer's own axes (``infer_axes(layer)``): a Z there that became
+        S is called slices.
+
+    Examples
+    --------
+    >>> describe_axes("SYX", (24, 256, 256), "ZYX")
+    '2D image 256 × 256 · Z: 24 slices, each denoised by the 2D model (axes SYX)'
+    >>> describe_axes("TCZYX", (5, 2, 16, 64, 64))
+    '3D volume 16 × 64 × 64 · T: 5 time points, each denoised on its own · C: 2 channels (axes TCZYX)'
+    """
+    sizes = dict(zip(axes, shape))
+    spatial = [sizes[a] for a in axes if a in "ZYX"]
+    parts = [f"{'3D volume' if len(spatial) == 3 else '2D image'} {' × '.join(map(str, spatial))}"]
+    if "S" in sizes:
+        parts.append(f"Z: {sizes['S']} slices, each denoised by the 2D model" if "Z" in declared
+                     else f"{sizes['S']} separate images, each denoised on its own")
+    if "T" in sizes:
+        parts.append(f"T: {sizes['T']} time points, each denoised on its own")
+    if "C" in sizes:
+        parts.append(f"C: {sizes['C']} channels")
+    return " · ".join(parts) + f" (axes {axes})"
+
+
 def check_axes_override(text: str, layer) -> str | None:
     """Validate an axes override typed by the user; empty means "infer"."""
     text = (text or "").strip()
@@ -102,10 +134,28 @@ def result_layer(layer, data, name: str, metadata: dict, *, contrast=True) -> tu
     }
     if data.ndim == len(layer_data(layer).shape) + 1:  # a multi-channel output of a single-channel input
         kwargs["channel_axis"] = -1
+    elif layer.rgb and contrast:
+        data = as_colour(data, layer_data(layer).dtype)
+        kwargs.update(rgb=True)
     else:
         kwargs.update(rgb=layer.rgb, colormap=layer.colormap.name)
         kwargs["contrast_limits"] = layer.contrast_limits if contrast else robust_limits(data)
     return data, kwargs, "image"
+
+
+def as_colour(data, dtype):
+    """An RGB(A) result of an integer image as rounded, clipped values of its type.
+
+    A float result of a uint8 photograph (-6..260) showed as a white
+    thumbnail; float inputs keep float results under the input's contrast limits.
+    """
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.integer):
+        return data
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(data), info.min, info.max).astype(dtype)
 
 
 def robust_limits(data) -> list:

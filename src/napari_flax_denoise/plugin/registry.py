@@ -19,7 +19,7 @@ class ModelRegistry:
     changed = Signal()
 
     def __init__(self):
-        self._models = {}
+        self._models, self._flagged = {}, set()
 
     def names(self) -> list[str]:
         """The embedded models, then this session's in the order they were added (newest last)."""
@@ -28,20 +28,25 @@ class ModelRegistry:
         return [name for name in embedded_models() if name not in self._models] + list(self._models)
 
     def preferred(self) -> str | None:
-        """The model to preselect: the newest of this session, else the embedded 2D default."""
+        """The model to preselect: the newest of this session not flagged, else the embedded 2D default."""
         from ..models.embedded import default_model_name
 
-        return list(self._models)[-1] if self._models else default_model_name(2)
+        trusted = [name for name in self._models if name not in self._flagged]
+        return trusted[-1] if trusted else default_model_name(2)
 
-    def add(self, name: str, model) -> str:
+    def add(self, name: str, model, *, flagged: bool = False) -> str:
         """Register ``model`` (a TrainedModel or a directory) and return its name.
 
-        A name already taken by another model gets a numbered suffix.
+        A name already taken by another model gets a numbered suffix. A
+        ``flagged`` model (diverged, or stopped before its first validation)
+        is listed but never preselected.
         """
         unique, number = name, 2
         while unique in self._models and self._models[unique] is not model:
             unique, number = f"{name} ({number})", number + 1
         self._models[unique] = model
+        if flagged:
+            self._flagged.add(unique)
         self.changed.emit()
         return unique
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from magicgui.widgets import Label
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
@@ -93,3 +94,20 @@ def device_label() -> str:
         return text
     count = len(about["devices"])
     return f"Runs on: {about['platform'].upper()} ({kind}{f' x {count}' if count > 1 else ''})"
+
+
+def help_links() -> Label:
+    """A row of links: the user guide and where to report a problem (from the package's metadata)."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = dict(entry.split(", ", 1) for entry in metadata("napari-flax-denoise").get_all("Project-URL") or [])
+    except PackageNotFoundError:
+        urls = {}
+    source = urls.get("Source Code", "https://github.com/napari-flax-denoise/napari-flax-denoise")
+    issues = urls.get("Bug Tracker", f"{source}/issues")
+    label = Label(value=f'<a href="{source}/blob/main/docs/napari.md">Help</a> · '
+                        f'<a href="{source}#readme">Documentation</a> · <a href="{issues}">Report a problem</a>',
+                  tooltip="Opens in your web browser. A report helps most with the output of `flax-denoise info`.")
+    label.native.setOpenExternalLinks(True)
+    return label

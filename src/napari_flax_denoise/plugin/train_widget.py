@@ -6,22 +6,31 @@ import threading
 from pathlib import Path
 
 import napari
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton
-from magicgui.widgets import SpinBox, create_widget
-from napari.utils.notifications import show_info
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar
+from magicgui.widgets import PushButton, Select, SpinBox, create_widget
+from napari.utils.notifications import show_info, show_warning
 
 from ..models.checkpoint import save_model
 from ..axes import spatial_dims
-from ..config import ALGORITHMS, FINE_TUNE_LEARNING_RATE, Config
+from ..config import FINE_TUNE_LEARNING_RATE, Config
 from ..errors import UserInputError
-from ..training.prepare import default_sizes
+from ..training.prepare import check_inputs, default_sizes
+from ..training.run import LossWatch
 from . import running
 from .training_process import train_in_child
 from .layers import check_axes_override, infer_axes, layer_data, preview_layer
 from .loss_plot import LossPlot
 from .registry import MODELS
+from .settings import Remembered
 
 NEW_MODEL = "(new model)"
+# One line per algorithm in its drop-down: what it learns from.
+ALGORITHM_CHOICES = [
+    ("n2v2: noisy images only (recommended)", "n2v2"),
+    ("n2v: noisy images only (the original Noise2Void)", "n2v"),
+    ("care: noisy images and clean targets", "care"),
+    ("n2n: two noisy images of each scene", "n2n"),
+]
 
 
 def _folder(value) -> Path | None:
@@ -44,36 +53,69 @@ class TrainWidget(Container):
         self.worker = self.result = None
         self._stop = threading.Event()
         defaults = Config()
-        self.images = create_widget(annotation=list[napari.layers.Image], label="Noisy layer(s)")
+        self.images = Select(label="Noisy layer(s)", choices=self._image_layers,
+                             tooltip="The noisy images to learn from (the active layer is chosen for you; "
+                                     "Ctrl-click for several). They are not changed.")
         self.target = create_widget(annotation=napari.layers.Image | None, label="Target (care, n2n)")
-        self.algorithm = ComboBox(label="Algorithm", choices=ALGORITHMS, value=defaults.algorithm)
-        self.start_from = ComboBox(label="Start from", choices=lambda _: [NEW_MODEL, *MODELS.names()])
+        self.target.tooltip = ("care: the clean image; n2n: a second noisy image of the same scene. "
+                               "Same shape as the noisy layer. Not used by n2v / n2v2.")
+        self.algorithm = ComboBox(label="Algorithm", choices=ALGORITHM_CHOICES, value=defaults.algorithm,
+                                  tooltip="n2v2 / n2v learn from the noisy images alone; care needs clean targets, "
+                                          "n2n a second noisy image of the same scene.")
+        self.start_from = ComboBox(label="Start from", choices=lambda _: [NEW_MODEL, *MODELS.names()],
+                                   tooltip="Fine-tune a trained model (faster, needs less data) or train a new one.")
         self.model_folder = FileEdit(label="Load model", mode="d", tooltip="A saved model to fine-tune.")
-        self.axes = LineEdit(label="Axes", tooltip="Leave empty to infer (e.g. YX, ZYX, TYX).")
-        self.epochs = SpinBox(label="Epochs", value=defaults.epochs, min=1, max=100_000)
-        self.steps_per_epoch = SpinBox(label="Steps per epoch", value=defaults.steps_per_epoch, min=1, max=100_000)
+        self.epochs = SpinBox(label="Epochs", value=defaults.epochs, min=1, max=100_000,
+                              tooltip="Training length: epochs x steps per epoch optimiser steps; the model is "
+                                      "validated and kept at its best after every epoch.")
+        self.steps_per_epoch = SpinBox(label="Steps per epoch", value=defaults.steps_per_epoch, min=1, max=100_000,
+                                       tooltip="Optimiser steps between two validations.")
+        self.length = Label(value="")
+        self.advanced = CheckBox(text="Show advanced settings",
+                                 tooltip="Axes, patch and batch size, learning rate, validation and preview.")
+        self.axes = LineEdit(label="Axes", tooltip="Leave empty to infer. Letters: Y X (image), Z (depth), "
+                                                   "T (time), C (channels), S (separate images), e.g. YX, ZYX, TYX.")
         sizes = default_sizes(2)  # larger on an accelerator
-        self.patch_size = SpinBox(label="Patch size", value=sizes["patch_size"], min=8, max=1024, step=8)
-        self.batch_size = SpinBox(label="Batch size", value=sizes["batch_size"], min=1, max=1024)
+        self.patch_size = SpinBox(label="Patch size", value=sizes["patch_size"], min=8, max=1024, step=8,
+                                  tooltip="Side of the square (cube, in 3D) patches cut from the images each step.")
+        self.batch_size = SpinBox(label="Batch size", value=sizes["batch_size"], min=1, max=1024,
+                                  tooltip="Patches per step: more is steadier and slower per step.")
         self.learning_rate = FloatSpinBox(label="Learning rate", value=defaults.learning_rate, min=1e-6, max=1.0,
                                           step=1e-5, tooltip="Lower when fine-tuning a trained model.")
         self.val_fraction = FloatSpinBox(label="Validation fraction", value=defaults.val_fraction, min=0.0,
-                                         max=0.5, step=0.05)
+                                         max=0.5, step=0.05,
+                                         tooltip="Share of the patches held out to validate and keep the best model.")
         self.preview_every = SpinBox(label="Preview every (steps)", value=25, min=0, max=100_000,
                                      tooltip="0 turns the live preview off.")
         self.folder = FileEdit(label="Model folder", mode="d",
                                tooltip="Where the model is saved (during training if set before Start).")
-        self.start_button, self.stop_button = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
-        self.save_button = PushButton(text="Save model", enabled=False)
+        self.defaults_button = PushButton(text="Restore defaults", tooltip="Put every setting back to its default.")
+        self.start_button = PushButton(text="Start", tooltip="Train in a separate process; napari stays responsive.")
+        self.stop_button = PushButton(text="Stop", enabled=False, tooltip="End after the current step, keeping the "
+                                                                          "best model so far.")
+        self.save_button = PushButton(text="Save model", enabled=False, tooltip="Save the trained model to the "
+                                                                                "model folder.")
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.status = Label(value="")
         self.device = Label(value=running.device_label())
+        self.help = running.help_links()
         self.plot = LossPlot()
-        self.extend([self.images, self.target, self.algorithm, self.start_from, self.model_folder, self.axes, self.epochs,
-                     self.steps_per_epoch, self.patch_size, self.batch_size, self.learning_rate, self.val_fraction,
-                     self.preview_every, self.folder, self.start_button, self.stop_button, self.save_button,
-                     self.progress, self.status, self.device])
+        self.extend([self.images, self.target, self.algorithm, self.start_from, self.model_folder, self.epochs,
+                     self.steps_per_epoch, self.length, self.advanced, self.axes, self.patch_size, self.batch_size,
+                     self.learning_rate, self.val_fraction, self.preview_every, self.folder, self.defaults_button,
+                     self.start_button, self.stop_button, self.save_button, self.progress, self.status, self.device,
+                     self.help])
         self.native.layout().addWidget(self.plot)
+        self.settings = Remembered("train", {
+            "algorithm": self.algorithm, "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
+            "advanced": self.advanced, "patch_size": self.patch_size, "batch_size": self.batch_size,
+            "val_fraction": self.val_fraction, "preview_every": self.preview_every})
+        self.defaults_button.changed.connect(self._restore_defaults)
+        for control in (self.algorithm, self.advanced, self.epochs, self.steps_per_epoch):
+            control.changed.connect(self._show)
+        self._watch = LossWatch()
+        self._select_active_layer()
+        self._show()
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save)
@@ -81,6 +123,34 @@ class TrainWidget(Container):
         running.follow(MODELS.changed, self, self.start_from.reset_choices)
         self.start_from.changed.connect(self._suggest_learning_rate)
         self.images.changed.connect(self._suggest_patches)
+
+    def reset_choices(self, *_):
+        """Refresh the layer and model lists (napari calls this when layers change)."""
+        super().reset_choices()
+        self._select_active_layer()
+
+    def _image_layers(self, _widget=None) -> list:
+        return [(layer.name, layer) for layer in self.viewer.layers if type(layer).__name__ == "Image"]
+
+    def _select_active_layer(self):
+        active = self.viewer.layers.selection.active
+        if not self.images.value and active is not None:  # by name: napari hands plugins proxies of its layers
+            self.images.value = [layer for layer in self.images.choices if layer.name == active.name]
+
+    def _show(self, *_):
+        """Target only for care / n2n, advanced settings on request, and the length in steps."""
+        supervised = self.algorithm.value in ("care", "n2n")
+        self.target.enabled = supervised
+        if not supervised:
+            self.target.value = None
+        for control in (self.axes, self.patch_size, self.batch_size, self.learning_rate, self.val_fraction,
+                        self.preview_every):
+            control.visible = bool(self.advanced.value)
+        self.length.value = f"{self.epochs.value * self.steps_per_epoch.value} steps in all"
+
+    def _restore_defaults(self, *_):
+        self.settings.restore_defaults()
+        self.start_from.value = NEW_MODEL  # sets the learning rate to its default too
 
     def _suggest_learning_rate(self, start_from):
         """A trained model is fine-tuned gently, a new one trained at the default rate."""
@@ -107,13 +177,14 @@ class TrainWidget(Container):
             dims = init.config.dims if init is not None else None
             axes = check_axes_override(self.axes.value, layers[0]) or infer_axes(layers[0], dims)
             images = [layer_data(layer) for layer in layers]  # lazy (dask) data stays lazy
-            targets = [layer_data(self.target.value)] if self.target.value is not None else None
+            targets = [layer_data(self.target.value)] * len(images) if self.target.value is not None else None
+            check_inputs(images, axes=axes, targets=targets, algorithm=self.algorithm.value)  # before the child starts
         except UserInputError as error:
             running.report(error, "Training")
             return
         self._stop.clear()
         self.plot.clear()
-        self.result = None
+        self.result, self._watch, self._name = None, LossWatch(), layers[0].name
         self._running(True)
         self.worker = running.start(
             train_in_child, images, owner=self, axes=axes, targets=targets, init=init,
@@ -155,6 +226,9 @@ class TrainWidget(Container):
     def _on_update(self, layer, update):
         event = update.progress
         self.progress.max, self.progress.value = event.total, event.done
+        warning = self._watch.add(event.train_loss)
+        if warning is not None:
+            show_warning(warning)
         self.plot.add(event.done, event.train_loss, event.val_loss)
         minutes, seconds = divmod(int(event.eta_seconds), 60)
         val = f" · val {event.val_loss:.4g}" if event.val_loss is not None else ""
@@ -171,5 +245,13 @@ class TrainWidget(Container):
     def _on_result(self, result):
         self.result = result
         folder = _folder(self.folder.value)
-        name = MODELS.add(folder.name if folder else f"{result.model.config.algorithm} model", result.model)
-        show_info(f"Training ended ({result.stopped.replace('_', ' ')}); '{name}' is ready in the Denoise widget.")
+        steps = self.progress.value
+        name = folder.name if folder else f"{self._name} · {result.model.config.algorithm} · {steps} steps"
+        problem = self._watch.problem(result)
+        if problem is None:
+            name = MODELS.add(name, result.model)
+            show_info(f"Training ended ({result.stopped.replace('_', ' ')}); '{name}' is ready in the Denoise widget.")
+        else:
+            name = MODELS.add(f"{name} ({problem})", result.model, flagged=True)
+            show_warning(f"Training {problem}, so '{name}' is listed in the Denoise widget but not chosen; "
+                         "train longer or with a lower learning rate before you rely on it.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from flax import nnx
 
 from ..axes import check_image, spatial_dims
@@ -62,6 +63,57 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
     return config.replace(**arch)
 
 
+def check_inputs(images, *, axes: str, targets=None, algorithm: str | None = None):
+    """Check training images and their targets, before anything is started.
+
+    Parameters
+    ----------
+    images : list of array_like
+    axes : str
+    targets : list of array_like, optional
+        One per image, matching it pixel for pixel.
+    algorithm : str, optional
+        When given, whether it takes targets is checked too.
+
+    Returns
+    -------
+    images, layouts, targets, target_layouts
+        The checked arrays and their :class:`~napari_flax_denoise.axes.Layout`
+        (``targets`` and ``target_layouts`` None without targets).
+
+    Raises
+    ------
+    UserInputError
+        Naming both shapes when a target does not match its image.
+    """
+    images, targets = _as_list(images), _as_list(targets)
+    checked = [check_image(image, axes, name="training image", lazy=True) for image in images]
+    images, layouts = [image for image, _ in checked], [layout for _, layout in checked]
+    if algorithm is not None:
+        supervised = algorithm in ("care", "n2n")
+        if not supervised and targets is not None:
+            raise UserInputError(f"{algorithm} learns from noisy images alone; drop the targets or choose care / n2n.")
+        if supervised and targets is None:
+            raise UserInputError(f"{algorithm} needs targets (clean images for care, second noisy images for n2n).")
+    if targets is None:
+        return images, layouts, None, None
+    if len(targets) != len(images):
+        raise UserInputError(f"Give one target per training image ({len(images)}), not {len(targets)}.")
+    for image, target in zip(images, targets):
+        if len(np.shape(target)) != len(np.shape(image)):
+            raise UserInputError(f"A target has shape {np.shape(target)} but its image has {np.shape(image)}; "
+                                 "targets must match their images pixel for pixel.")
+    targets, target_layouts = zip(*[check_image(t, layouts[0].axes, name="target", lazy=True) for t in targets])
+    for image_layout, target_layout in zip(layouts, target_layouts):
+        if (image_layout.batch_shape, image_layout.spatial_shape) != \
+                (target_layout.batch_shape, target_layout.spatial_shape):
+            raise UserInputError(
+                f"A target has shape {target_layout.shape} but its image has {image_layout.shape}; "
+                "targets must match their images pixel for pixel."
+            )
+    return images, layouts, list(targets), list(target_layouts)
+
+
 def start_run(images, *, axes: str, targets=None, config: Config | None = None, output=None,
               init=None, resume: bool = False, **overrides) -> TrainingRun:
     """Check the inputs and build a :class:`~.run.TrainingRun` ready to step (arguments as for :func:`train`).
@@ -71,30 +123,14 @@ def start_run(images, *, axes: str, targets=None, config: Config | None = None, 
     UserInputError
         When the images, targets, settings or the model to fine-tune do not fit together.
     """
-    images = _as_list(images)
-    targets = _as_list(targets)
     if resume:
         if output is None:
             raise UserInputError("Resuming needs the output model directory of the run to continue.")
         state = load_last(output)
         config = state.config.replace(**{k: v for k, v in overrides.items() if k == "epochs"})
     init_model = resolve_model(init) if init is not None else None
-    checked = [check_image(image, axes, name="training image", lazy=True) for image in images]
-    images = [image for image, _ in checked]
-    layouts = [layout for _, layout in checked]
+    images, layouts, targets, target_layouts = check_inputs(images, axes=axes, targets=targets)
     axes = layouts[0].axes
-    target_layouts = None
-    if targets is not None:
-        if len(targets) != len(images):
-            raise UserInputError(f"Give one target per training image ({len(images)}), not {len(targets)}.")
-        targets, target_layouts = zip(*[check_image(t, axes, name="target", lazy=True) for t in targets])
-        for image_layout, target_layout in zip(layouts, target_layouts):
-            if (image_layout.batch_shape, image_layout.spatial_shape) != \
-                    (target_layout.batch_shape, target_layout.spatial_shape):
-                raise UserInputError(
-                    f"A target has shape {target_layout.shape} but its image has {image_layout.shape}; "
-                    "targets must match their images pixel for pixel."
-                )
     channels_in = layouts[0].channels
     channels_out = target_layouts[0].channels if target_layouts else channels_in
     if not resume:

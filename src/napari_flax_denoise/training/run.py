@@ -87,6 +87,43 @@ class TrainResult:
     output: Path | None = None
 
 
+# A step loss this many times the lowest so far means the run is diverging.
+GROWTH_WARNING = 100.0
+
+
+class LossWatch:
+    """Notices from the step losses that a run is going wrong, and whether its model can be trusted.
+
+    Examples
+    --------
+    >>> watch = LossWatch()
+    >>> [watch.add(loss) for loss in (1.0, 0.5)]
+    [None, None]
+    >>> watch.add(80.0)[:36]
+    'The training loss grew 160-fold from'
+    """
+
+    def __init__(self):
+        self.lowest, self.warning = float("inf"), None
+
+    def add(self, loss: float) -> str | None:
+        """Take one step's loss; the first time it is :data:`GROWTH_WARNING` times the lowest, a warning."""
+        self.lowest = min(self.lowest, loss)
+        if self.warning is None and loss > GROWTH_WARNING * self.lowest:
+            self.warning = (f"The training loss grew {loss / self.lowest:.0f}-fold from its lowest "
+                            f"({self.lowest:.3g} to {loss:.3g}): training is diverging; lower the learning rate.")
+            return self.warning
+        return None
+
+    def problem(self, result: TrainResult) -> str | None:
+        """Why ``result``'s model should not be used as it is, in a few words; None if nothing is wrong."""
+        if not result.history:
+            return "stopped before its first validation"
+        if self.warning is not None:
+            return "diverged"
+        return None
+
+
 @dataclass
 class TrainingRun:
     """The state of one training run: settings, data, weights, optimiser and loop counters.
