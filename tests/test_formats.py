@@ -138,6 +138,18 @@ def test_ome_tiff_keeps_pixel_sizes(tmp_path):
     assert open_image(tmp_path / "x.tif").spacing == pytest.approx({"Z": 1.5, "Y": 0.3, "X": 0.3})
 
 
+@pytest.mark.parametrize("name", ["out.ome.tif", "out.zarr", "out.nii.gz"])
+@pytest.mark.parametrize("unit", ["mm", "µm"])
+def test_the_spacings_unit_survives_a_round_trip(tmp_path, name, unit):
+    image = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    spacing = {"Z": 2.0, "Y": 0.5, "X": 0.5}
+    write_image(tmp_path / name, image, "ZYX", spacing, units={axis: unit for axis in "ZYX"})
+    opened = open_image(tmp_path / name)
+    assert opened.spacing == pytest.approx(spacing) and opened.units == {axis: unit for axis in "ZYX"}
+    _, kwargs, _ = opened.layer("out")
+    assert kwargs["units"] == [unit] * 3 and kwargs["axis_labels"] == ["Z", "Y", "X"]
+
+
 def test_a_large_uncompressed_tiff_is_memory_mapped_and_denoised_plane_by_plane(tmp_path, monkeypatch,
                                                                                 tiny_model, noisy):
     import napari_flax_denoise.io.files as files

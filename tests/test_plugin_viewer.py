@@ -324,13 +324,21 @@ def test_viewer_opens_nifti_with_voxel_spacing_and_saves_it_back(viewer, tmp_pat
     nibabel = pytest.importorskip("nibabel")
     xyz = np.random.default_rng(0).random((20, 16, 6)).astype(np.float32)
     nibabel.save(nibabel.Nifti1Image(xyz, np.diag([0.5, 0.7, 2.0, 1.0])), tmp_path / "scan.nii.gz")
+    image = nibabel.Nifti1Image(xyz, np.diag([0.5, 0.7, 2.0, 1.0]))
+    image.header.set_xyzt_units("mm")
+    nibabel.save(image, tmp_path / "scan.nii.gz")
     [layer] = viewer.open(str(tmp_path / "scan.nii.gz"), plugin=PLUGIN)
     np.testing.assert_allclose(layer.scale, (2.0, 0.7, 0.5))
-    assert layer.metadata["axes"] == "ZYX"
+    assert layer.metadata["axes"] == "ZYX" and tuple(layer.axis_labels) == ("Z", "Y", "X")
+    assert [str(unit) for unit in layer.units] == ["millimeter"] * 3
     layer.save(str(tmp_path / "copy.nii.gz"), plugin=PLUGIN)
     saved = nibabel.load(tmp_path / "copy.nii.gz")
     np.testing.assert_allclose(saved.header.get_zooms(), (0.5, 0.7, 2.0))
     np.testing.assert_array_equal(np.asarray(saved.dataobj), xyz)
+    layer.save(str(tmp_path / "copy.ome.tif"), plugin=PLUGIN)  # OME-TIFF keeps the spacing and its unit
+    [again] = viewer.open(str(tmp_path / "copy.ome.tif"), plugin=PLUGIN)
+    np.testing.assert_allclose(again.scale, (2.0, 0.7, 0.5), rtol=1e-6)
+    assert [str(unit) for unit in again.units] == ["millimeter"] * 3 and again.name == "copy"
 
 
 UNGUARDED_SCRIPT = """

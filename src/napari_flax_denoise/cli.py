@@ -254,10 +254,10 @@ def _denoise_on_cluster(args, opened, options):
 
             from .io.zarr_store import zarr_output
 
-            with zarr_output(args.output, image.shape, opened.out_axes, spacing) as out:
+            with zarr_output(args.output, image.shape, opened.out_axes, spacing, opened.units) as out:
                 da.store(lazy, out, lock=False)
         else:
-            write_image(args.output, client.compute(lazy).result(), opened.out_axes, spacing)
+            write_image(args.output, client.compute(lazy).result(), opened.out_axes, spacing, opened.units)
 
 
 def _models(args):

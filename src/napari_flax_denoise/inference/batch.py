@@ -44,6 +44,8 @@ class OpenedInput:
         The model given, or the embedded default's name for these axes.
     note : str or None
         What the user should know before it runs (a 2D model on a 3D stack).
+    units : dict
+        The spacing's unit per axis letter, where the file says.
     """
 
     path: Path
@@ -53,6 +55,7 @@ class OpenedInput:
     spacing: dict
     model: object
     note: str | None = None
+    units: dict = field(default_factory=dict)
 
 
 def open_input(path, model=None, *, axes: str | None = None, planes: bool = False) -> OpenedInput:
@@ -94,7 +97,7 @@ def open_input(path, model=None, *, axes: str | None = None, planes: bool = Fals
     if planes and dims == 2 and "Z" in use and "S" not in use:
         note = f"Denoising the {use} stack plane by plane with {which}."
         use = use.replace("Z", "S")
-    return OpenedInput(Path(path), opened.data, use, out_axes, opened.spacing, model, note)
+    return OpenedInput(Path(path), opened.data, use, out_axes, opened.spacing, model, note, opened.units)
 
 
 def denoise_input(opened: OpenedInput, output, *, uncertainty=None, **options):
@@ -117,15 +120,15 @@ def denoise_input(opened: OpenedInput, output, *, uncertainty=None, **options):
     if streams:
         from ..io.zarr_store import zarr_output
 
-        with zarr_output(output, image.shape, opened.out_axes, opened.spacing) as out:
+        with zarr_output(output, image.shape, opened.out_axes, opened.spacing, opened.units) as out:
             yield from denoise_iter(image, model, out=out, **options)
         return Path(output)
     result = yield from denoise_iter(image, model, **options)
     denoised, std = result if uncertainty is not None else (result, None)
     axes = opened.out_axes if denoised.ndim == len(opened.out_axes) else opened.axes + "C"
-    write_image(output, denoised, axes, opened.spacing)
+    write_image(output, denoised, axes, opened.spacing, opened.units)
     if std is not None:
-        write_image(uncertainty, std, axes, opened.spacing)
+        write_image(uncertainty, std, axes, opened.spacing, opened.units)
     return Path(output)
 
 

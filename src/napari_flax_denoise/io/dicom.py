@@ -112,7 +112,7 @@ def read_dicom(paths) -> tuple[np.ndarray, str, dict, dict]:
                              "headers or convert the series to NIfTI / OME-TIFF with its pixel size.")
     row, column = _numbers(first, "PixelSpacing", 2, first_path)
     metadata = {"modality": str(getattr(first, "Modality", "")), "series": str(getattr(first, "SeriesDescription", "")),
-                "series_uid": next(iter(series))}
+                "series_uid": next(iter(series)), "units": {"Z": "mm", "Y": "mm", "X": "mm"}}  # DICOM's unit
     frames = int(getattr(first, "NumberOfFrames", 1) or 1)
     if len(datasets) == 1:
         image = _pixels(first, first_path)

@@ -17,6 +17,7 @@ from ..errors import UserInputError
 from .atomic import TEMPORARY_EXTRA, atomic_path
 from .atomic import full_suffix as _suffix
 from .limits import check_memory, check_stored, npy_header
+from .units import OME, known
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr", ".dcm")
 WRITE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".nii", ".nii.gz", ".zarr")
@@ -46,6 +47,27 @@ class ImageFile:
     axes: str | None = None
     spacing: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def units(self) -> dict:
+        """Unit of the spacing per axis letter (``"mm"``, ``"µm"`` ...), where the file says."""
+        return known(self.metadata.get("units"))
+
+    def layer(self, name: str, **metadata) -> tuple:
+        """A napari layer-data tuple: the spacing as ``scale``, with units and axis labels.
+
+        Axes the file does not name are taken as the trailing (T) Z Y X.
+        """
+        axes = self.axes or "".join("TZYX"[-len(self.data.shape):])
+        kwargs = {"name": name, "metadata": {"axes": axes, "spacing": self.spacing, **self.metadata, **metadata}}
+        placed = axes.replace("C", "")  # napari places every axis but the channels'
+        if "C" in axes:  # colour as RGB(A), other channels as one layer each
+            colour = axes.endswith("C") and self.data.shape[-1] in (3, 4) and np.dtype(self.data.dtype) == np.uint8
+            kwargs.update(rgb=True) if colour else kwargs.update(channel_axis=axes.index("C"))
+        kwargs.update(scale=[self.spacing.get(axis, 1.0) for axis in placed], axis_labels=list(placed))
+        if self.units:  # a pixel where the file gives no unit
+            kwargs["units"] = [self.units.get(axis, "pixel") for axis in placed]
+        return self.data, kwargs, "image"
 
 
 # The longest file name most file systems take; atomic_path's temporary sibling adds to the output's.
@@ -197,17 +219,19 @@ def _read_tiff(path: Path) -> ImageFile:
             letters = [_TIFF_AXES.get(a) for a in series.axes]
             if None not in letters and len(set(letters)) == len(letters):
                 axes = "".join(letters)
-        spacing = _ome_spacing(tif.ome_metadata) if tif.is_ome else {}
-    return ImageFile(image, axes, spacing)
+        spacing, units = _ome_spacing(tif.ome_metadata) if tif.is_ome else ({}, {})
+    return ImageFile(image, axes, spacing, {"units": units} if units else {})
 
 
-def _ome_spacing(ome_xml: str) -> dict[str, float]:
+def _ome_spacing(ome_xml: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Physical sizes per axis and their units (OME's default unit is the micrometre)."""
     import xml.etree.ElementTree as ElementTree
 
     pixels = next((e for e in ElementTree.fromstring(ome_xml).iter() if e.tag.endswith("Pixels")), None)
     if pixels is None:
-        return {}
-    return {axis: float(pixels.get(f"PhysicalSize{axis}")) for axis in "ZYX" if pixels.get(f"PhysicalSize{axis}")}
+        return {}, {}
+    spacing = {axis: float(pixels.get(f"PhysicalSize{axis}")) for axis in "ZYX" if pixels.get(f"PhysicalSize{axis}")}
+    return spacing, known({axis: pixels.get(f"PhysicalSize{axis}Unit", "µm") for axis in spacing})
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
@@ -216,7 +240,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str | None]:
     return np.asarray(opened.data), opened.axes
 
 
-def write_image(path: str | Path, image, axes: str | None = None, spacing: dict | None = None) -> Path:
+def write_image(path: str | Path, image, axes: str | None = None, spacing: dict | None = None,
+                units: dict | None = None) -> Path:
     """Write ``image`` atomically in the format its extension names.
 
     Parameters
@@ -231,14 +256,17 @@ def write_image(path: str | Path, image, axes: str | None = None, spacing: dict 
         Axes of ``image`` (S T C Z Y X).
     spacing : dict, optional
         Physical size per axis letter.
+    units : dict, optional
+        Unit of the spacing per axis letter (``"mm"``, ``"µm"``); kept by
+        OME-TIFF, OME-Zarr and NIfTI (which has one spatial unit).
     """
     path = Path(path)
     suffix = _checked_suffix(path, WRITE_SUFFIXES)
-    spacing = spacing or {}
+    spacing, units = spacing or {}, known(units)
     if suffix == ".zarr":
         from .zarr_store import write_zarr
 
-        write_zarr(path, image, axes or "".join("STCZYX"[-np.ndim(image):]), spacing)
+        write_zarr(path, image, axes or "".join("STCZYX"[-np.ndim(image):]), spacing, units)
         return path
     image = np.asarray(image)
     with atomic_path(path) as tmp:
@@ -252,7 +280,7 @@ def write_image(path: str | Path, image, axes: str | None = None, spacing: dict 
         elif suffix in (".nii", ".nii.gz"):
             from .nifti import write_nifti
 
-            write_nifti(tmp, image, axes or ("ZYX" if image.ndim == 3 else "YX"), spacing)
+            write_nifti(tmp, image, axes or ("ZYX" if image.ndim == 3 else "YX"), spacing, units)
         else:
             import tifffile
 
@@ -262,6 +290,8 @@ def write_image(path: str | Path, image, axes: str | None = None, spacing: dict 
                 for axis, size in spacing.items():
                     if axis in "ZYX" and axis in axes:
                         metadata[f"PhysicalSize{axis}"] = float(size)
+                        if units.get(axis) in OME:
+                            metadata[f"PhysicalSize{axis}Unit"] = OME[units[axis]]
             tifffile.imwrite(tmp, image, ome=bool(axes), metadata=metadata)
     return path
 

@@ -8,6 +8,8 @@ import numpy as np
 
 from ..errors import UserInputError
 from .limits import check_memory, check_stored
+from .units import NIFTI
+from .units import canonical as known_unit
 
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, str, dict, dict]:
@@ -46,6 +48,8 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, str, dict, dict]:
     zooms = [float(z) for z in canonical.header.get_zooms()]
     unit = canonical.header.get_xyzt_units()[0] or "unknown"
     metadata = {"unit": unit, "affine": nifti.affine.tolist()}
+    if known_unit(unit):
+        metadata["units"] = {axis: known_unit(unit) for axis in "ZYX"}
     spatial = {"Z": zooms[2], "Y": zooms[1], "X": zooms[0]}
     if data.ndim == 3 and 1 in data.shape and nifti.shape[2] == 1:  # a single slice: the two axes it spans
         kept = [i for i in range(3) if data.shape[i] != 1][:2] if data.shape.count(1) < 3 else [0, 1]
@@ -68,8 +72,11 @@ def _check_claim(path, nifti) -> None:
         check_stored(path, int(header.get_data_offset()), nbytes)
 
 
-def write_nifti(path: Path, image: np.ndarray, axes: str, spacing: dict) -> None:
-    """Write a ``(T,) Z, Y, X`` (or Y, X) image with a diagonal affine of its spacing."""
+def write_nifti(path: Path, image: np.ndarray, axes: str, spacing: dict, units: dict | None = None) -> None:
+    """Write a ``(T,) Z, Y, X`` (or Y, X) image with a diagonal affine of its spacing.
+
+    The spatial unit is that of X in ``units`` when NIfTI can say it, else millimetres.
+    """
     import nibabel
 
     if set(axes) - set("TZYX") or not axes.endswith("YX"):
@@ -78,7 +85,7 @@ def write_nifti(path: Path, image: np.ndarray, axes: str, spacing: dict) -> None
     sizes = [float(spacing.get(a, 1.0)) for a in "XYZ"]
     affine = np.diag(sizes + [1.0])
     nifti = nibabel.Nifti1Image(np.transpose(image, reverse), affine)
-    nifti.header.set_xyzt_units("mm")
+    nifti.header.set_xyzt_units(NIFTI.get((units or {}).get("X"), "mm"))
     if "T" in axes:
         nifti.header.set_zooms(tuple(sizes[: image.ndim - 1]) + (float(spacing.get("T", 1.0)),))
     nibabel.save(nifti, str(path))

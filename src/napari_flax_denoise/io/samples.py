@@ -18,9 +18,7 @@ def sample_path(name: str):
 
 
 def _layer(name: str, title: str, description: str) -> tuple:
-    opened = open_image(sample_path(name))
-    scale = [opened.spacing.get(axis, 1.0) for axis in opened.axes]
-    return opened.data, {"name": title, "scale": scale, "metadata": {"axes": opened.axes, "sample": description}}, "image"
+    return open_image(sample_path(name)).layer(title, sample=description)
 
 
 def nuclei_2d() -> list[tuple]:

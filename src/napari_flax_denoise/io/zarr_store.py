@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import UserInputError
 from .atomic import partial_prefix, remove_stale_partials
 from .limits import check_links
+from .units import NGFF, known
 
 _NGFF_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
@@ -58,10 +59,12 @@ def read_zarr(path: str | Path):
             axes = names if len(names) == array.ndim else None
             spacing = {a: float(s) for a, s in zip(axes or "", scales) if a in "TZYX"}
             name = str(first.get("name", ""))
+            units = known({a: entry.get("unit") for a, entry in zip(axes or "", first.get("axes", []))
+                           if isinstance(entry, dict) and a in spacing})
         except Exception as err:  # any shape of damaged metadata
             raise UserInputError(f"The OME-Zarr metadata of '{path}' is damaged or points to a missing array "
                                  f"({type(err).__name__}: {err}); repair the store or open its array directly.") from None
-        return _lazy(array, path), axes, spacing, {"name": name}
+        return _lazy(array, path), axes, spacing, {"name": name, **({"units": units} if units else {})}
     arrays = sorted(name for name, _ in node.arrays())
     if not arrays:
         raise UserInputError(f"The zarr store '{path}' holds no array; point to the array (or the OME-Zarr image) "
@@ -93,15 +96,17 @@ def _lazy(array, path):
 
 
 @contextlib.contextmanager
-def zarr_output(path: str | Path, shape, axes: str, spacing: dict):
+def zarr_output(path: str | Path, shape, axes: str, spacing: dict, units: dict | None = None):
     """Yield an empty float32 OME-Zarr (NGFF 0.4) array to fill, one Y X plane per chunk.
+
+    ``units`` (axis letter -> ``"mm"``, ``"µm"`` ...) are written as the axes' NGFF units.
 
     The store is built beside ``path`` and renamed into place only when the
     block ends without error, so a failed run leaves nothing half-written.
     """
     import zarr
 
-    path = Path(path)
+    path, units = Path(path), known(units)
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path)
@@ -117,8 +122,8 @@ def zarr_output(path: str | Path, shape, axes: str, spacing: dict):
         yield array
         root.attrs["multiscales"] = [{
             "version": "0.4", "name": path.stem,
-            "axes": [{"name": a.lower(), **({"type": _NGFF_TYPES[a.lower()]} if a.lower() in _NGFF_TYPES else {})}
-                     for a in axes],
+            "axes": [{"name": a.lower(), **({"type": _NGFF_TYPES[a.lower()]} if a.lower() in _NGFF_TYPES else {}),
+                      **({"unit": NGFF[units[a]]} if units.get(a) in NGFF else {})} for a in axes],
             "datasets": [{"path": "0", "coordinateTransformations": [
                 {"type": "scale", "scale": [float(spacing.get(a, 1.0)) for a in axes]}]}],
         }]
@@ -145,9 +150,9 @@ def check_replaceable(path: Path) -> None:
                              "away first.")
 
 
-def write_zarr(path: Path, image, axes: str, spacing: dict) -> None:
+def write_zarr(path: Path, image, axes: str, spacing: dict, units: dict | None = None) -> None:
     """Write ``image`` (possibly lazy) as OME-Zarr, plane by plane; see :func:`zarr_output`."""
-    with zarr_output(path, image.shape, axes, spacing) as array:
+    with zarr_output(path, image.shape, axes, spacing, units) as array:
         outer = [i for i, a in enumerate(axes) if a not in "YX"]
         for index in np.ndindex(*[image.shape[i] for i in outer]):
             plane = [slice(None)] * len(axes)

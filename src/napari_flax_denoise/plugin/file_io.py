@@ -1,7 +1,7 @@
-"""napari reader and writer contributions (GUI-free): DICOM, NIfTI and OME-Zarr with spacing.
+"""napari reader and writer contributions (GUI-free): DICOM, NIfTI, OME-TIFF and OME-Zarr with spacing.
 
-napari opens TIFF itself; these add the formats it lacks, and keep the
-physical voxel spacing as the layer's ``scale``.
+napari opens plain TIFF itself; these add the formats it lacks, and keep the
+physical voxel spacing as the layer's ``scale``, with its units and the axes as labels.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..io.files import open_image, write_image
 
 def _ours(path: Path) -> bool:
     name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz", ".dcm", ".zarr")):
+    if name.endswith((".nii", ".nii.gz", ".dcm", ".zarr", ".ome.tif", ".ome.tiff")):
         return True
     return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
 
@@ -47,11 +47,8 @@ def read_layers(path) -> list[tuple]:
     else:
         opened = open_image(paths[0])
     path = paths[0] if len(paths) == 1 else paths[0].parent
-    axes = opened.axes or "".join("TZYX"[-len(opened.data.shape):])
-    scale = [opened.spacing.get(axis, 1.0) for axis in axes]
-    metadata = {"axes": axes, "spacing": opened.spacing, "source": str(path), **opened.metadata}
     name = path.name.removesuffix(".gz").rsplit(".", 1)[0] if path.is_file() else path.name
-    return [(opened.data, {"name": name, "scale": scale, "metadata": metadata}, "image")]
+    return [opened.layer(name.removesuffix(".ome"), source=str(path))]
 
 
 def write_layer(path: str, data, meta: dict) -> list[str]:
@@ -65,4 +62,5 @@ def write_layer(path: str, data, meta: dict) -> list[str]:
     if len(axes) != ndim:
         raise UserInputError(f"The layer has {ndim} dimensions but its axes are '{axes}'; fix layer.metadata['axes'].")
     spacing = {axis: float(size) for axis, size in zip(axes, meta.get("scale", [1.0] * ndim)) if axis in "TZYX"}
-    return [str(write_image(path, data, axes, spacing))]
+    units = {axis: str(unit) for axis, unit in zip(axes, meta.get("units") or [])}
+    return [str(write_image(path, data, axes, spacing, units))]
