@@ -1,7 +1,9 @@
 """The widgets in a real napari viewer (Qt under Xvfb), loaded through the manifest."""
 
 import hashlib
+import importlib.util
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -227,6 +229,11 @@ def test_training_plots_previews_saves_and_feeds_the_denoise_widget(viewer, qtbo
     _run(qtbot, denoiser, denoiser.run_button)
     assert viewer.layers["nuclei (noisy) denoised"].metadata["napari_flax_denoise"]["model"] == "nuclei model"
     assert _digest(layer.data) == before
+    if importlib.util.find_spec("jax2onnx") is not None:  # the bmz extra: the zoo package beside the folder
+        trainer.export_button.native.click()
+        qtbot.waitUntil(lambda: trainer.status.value.startswith("Exported"), timeout=TIMEOUT)
+        with zipfile.ZipFile(tmp_path / "nuclei model.bioimageio.zip") as package:
+            assert {"rdf.yaml", "weights.onnx", "cover.png"} <= set(package.namelist())
 
 
 def test_a_3d_layer_gets_3d_patch_defaults_unless_changed_by_hand(viewer):

@@ -1,6 +1,7 @@
 """The wheel a user gets from the napari hub: built, installed into a fresh venv, discovered by npe2."""
 
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -43,9 +44,14 @@ def test_wheel_holds_manifest_samples_and_hub_metadata(wheel):
 
 def test_installed_wheel_is_valid_for_npe2_and_opens_its_samples(wheel, tmp_path):
     env = tmp_path / "venv"
-    # The venv sees the already installed dependencies; the package itself comes from the wheel only.
-    venv.create(env, system_site_packages=True, with_pip=True)
+    venv.create(env, with_pip=True)
     python = env / "bin" / "python"
+    # The new venv sees the dependencies this interpreter has (its own venv's or tox's when the suite runs in one,
+    # not only the system's), listed after its own site-packages; the package itself comes from the wheel only.
+    # Only the folders are listed, not their .pth files, so an editable install of the checkout stays out.
+    own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    Path(own, "_dependencies.pth").write_text("\n".join(site.getsitepackages() + [site.getusersitepackages()]) + "\n")
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True)
     check = (
         "import napari_flax_denoise, sys\n"

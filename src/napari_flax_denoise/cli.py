@@ -1,4 +1,4 @@
-"""The ``flax-denoise`` command line: ``train``, ``denoise``, ``evaluate``, ``models`` and ``info``.
+"""The ``flax-denoise`` command line: ``train``, ``denoise``, ``evaluate``, ``export``, ``models`` and ``info``.
 
 Mistakes the user can fix print one sentence and exit with status 2;
 anything else is a bug: one line asks to report it, with the traceback in a log file, and the status is 1.
@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     denoise.add_argument("--scheduler", metavar="ADDRESS",
                          help="dask.distributed scheduler to spread the planes over (e.g. tcp://10.0.0.5:8786)")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    export = commands.add_parser("export", help="export a model for the BioImage Model Zoo (needs the bmz extra)")
+    export.add_argument("model", metavar="MODEL", help="model directory or embedded model name")
+    export.add_argument("--bmz", required=True, metavar="OUT.zip", help="the zoo package to write")
+    export.add_argument("--author", help="the package's author (default: your user name)")
+    export.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights (default: CC-BY-4.0)")
+    export.add_argument("--test-image", metavar="IMAGE",
+                        help="an image for the test tensors and the cover (default: a synthetic one)")
+    export.add_argument("--axes", help="axes of the test image (default: from the file, else YX or ZYX)")
 
     commands.add_parser("models", help="list the embedded models, one per line")
     commands.add_parser("info", help="versions, JAX's devices and the backend profile in use (for bug reports)")
@@ -260,6 +269,19 @@ def _denoise_on_cluster(args, opened, options):
             write_image(args.output, client.compute(lazy).result(), opened.out_axes, spacing, opened.units)
 
 
+def _export(args):
+    from .io.files import check_output
+
+    check_output(args.bmz, inputs=[args.model], allowed=(".zip",))
+    _start_process("denoise")
+    from .models.bmz import export_bmz
+
+    test_image, axes = _read(args.test_image, args.axes) if args.test_image else (None, None)
+    path = export_bmz(args.model, args.bmz, author=args.author, license=args.license, test_image=test_image,
+                      test_axes=axes)
+    print(f"Wrote {path}; check it with: bioimageio test {path}")
+
+
 def _models(args):
     from .models.embedded import embedded_models
 
@@ -305,7 +327,7 @@ def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 user error)."""
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "denoise": _denoise, "evaluate": _evaluate, "models": _models,
+        {"train": _train, "denoise": _denoise, "evaluate": _evaluate, "models": _models, "export": _export,
          "info": _info}[args.command](args)
     except UserInputError as err:
         print(f"flax-denoise {args.command}: error: {err}", file=sys.stderr)

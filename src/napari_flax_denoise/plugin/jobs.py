@@ -91,3 +91,12 @@ def train_with_preview(images, *, axes: str, preview_every: int = 0, stop=None, 
         return TrainUpdate(event, denoise(crop.data, run.model(), axes=crop.axes), crop)
 
     return (yield from relay(run.steps(stop), update))
+
+
+def export_for_zoo(model, path, *, test_image=None, test_axes=None):
+    """:func:`~napari_flax_denoise.models.bmz.export_bmz` as a job: one event, then the package's path."""
+    from ..models.bmz import export_bmz
+    from ..progress import Progress
+
+    yield Progress(0, 1)
+    return export_bmz(model, path, test_image=test_image, test_axes=test_axes)

@@ -17,6 +17,7 @@ from ..errors import UserInputError
 from ..training.prepare import check_inputs, default_sizes
 from ..training.run import LossWatch
 from . import running
+from .jobs import export_for_zoo
 from .training_process import train_in_child
 from .layers import check_axes_override, infer_axes, layer_data, preview_layer
 from .loss_plot import LossPlot
@@ -50,7 +51,7 @@ class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = self.result = None
+        self.worker = self.result = self._layer = self._axes = None
         self._stop = threading.Event()
         defaults = Config()
         self.images = Select(label="Noisy layer(s)", choices=self._image_layers,
@@ -95,6 +96,9 @@ class TrainWidget(Container):
                                                                           "best model so far.")
         self.save_button = PushButton(text="Save model", enabled=False, tooltip="Save the trained model to the "
                                                                                 "model folder.")
+        self.export_button = PushButton(text="Export for the BioImage Model Zoo", enabled=False,
+                                        tooltip="Write the trained model as a zoo package (ONNX weights) beside "
+                                                "the model folder, as <folder>.bioimageio.zip; needs the bmz extra.")
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.status = Label(value="")
         self.device = Label(value=running.device_label())
@@ -103,7 +107,8 @@ class TrainWidget(Container):
         self.extend([self.images, self.target, self.algorithm, self.start_from, self.model_folder, self.epochs,
                      self.steps_per_epoch, self.length, self.advanced, self.axes, self.patch_size, self.batch_size,
                      self.learning_rate, self.val_fraction, self.preview_every, self.folder, self.defaults_button,
-                     self.start_button, self.stop_button, self.save_button, self.progress, self.status, self.device,
+                     self.start_button, self.stop_button, self.save_button, self.export_button, self.progress,
+                     self.status, self.device,
                      self.help])
         self.native.layout().addWidget(self.plot)
         self.settings = Remembered("train", {
@@ -119,6 +124,7 @@ class TrainWidget(Container):
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save)
+        self.export_button.changed.connect(self.export)
         self.model_folder.changed.connect(lambda folder: running.load_model_folder(folder, self.start_from))
         running.follow(MODELS.changed, self, self.start_from.reset_choices)
         self.start_from.changed.connect(self._suggest_learning_rate)
@@ -185,6 +191,7 @@ class TrainWidget(Container):
         self._stop.clear()
         self.plot.clear()
         self.result, self._watch, self._name = None, LossWatch(), layers[0].name
+        self._layer, self._axes = layers[0], axes
         self._running(True)
         self.worker = running.start(
             train_in_child, images, owner=self, axes=axes, targets=targets, init=init,
@@ -214,9 +221,26 @@ class TrainWidget(Container):
         MODELS.add(folder.name, self.result.model)
         show_info(f"Model saved to {folder}.")
 
+    def export(self):
+        """Export the last trained model for the BioImage Model Zoo, beside its model folder."""
+        folder = _folder(self.folder.value)
+        if folder is None or self.result is None:
+            running.report(UserInputError("Choose a model folder first, then export."), "Exporting")
+            return
+        target = folder.parent / f"{folder.name}.bioimageio.zip"
+        layer = self._layer
+        self.export_button.enabled = False
+        self.status.value = f"Exporting to {target.name} (converting to ONNX takes a few seconds) ..."
+        self.worker = running.start(
+            export_for_zoo, self.result.model, target, owner=self, test_image=layer_data(layer),
+            test_axes=self._axes, action="Exporting", on_yield=lambda _: None,
+            on_return=lambda path: setattr(self.status, "value", f"Exported to {path}."),
+            on_finish=lambda: setattr(self.export_button, "enabled", self.result is not None))
+
     def _running(self, on: bool):
         self.start_button.enabled, self.stop_button.enabled = not on, on
         self.save_button.enabled = not on and self.result is not None
+        self.export_button.enabled = not on and self.result is not None
         if on:
             self.progress.max, self.progress.value = 1, 0
             self.status.value = "Starting the training process; the first step also compiles the network ..."

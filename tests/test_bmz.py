@@ -1,0 +1,88 @@
+"""BioImage Model Zoo export, checked by the zoo's own validator and ONNX runtime (the bmz extra)."""
+
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from napari_flax_denoise import Config, denoise
+from napari_flax_denoise.models.checkpoint import save_model
+from test_cli import flax_denoise
+
+pytest.importorskip("jax2onnx", reason="the bmz extra (jax2onnx) is not installed")
+pytest.importorskip("bioimageio.core", reason="the bmz extra (bioimageio.core) is not installed")
+onnxruntime = pytest.importorskip("onnxruntime", reason="the bmz extra (onnxruntime) is not installed")
+
+
+def zoo_test(*packages):
+    """``bioimageio test`` on packages (at once): the zoo's format checks, then ONNX runtime against the test output."""
+    runs = [subprocess.Popen([sys.executable, "-m", "bioimageio.core", "test", str(package)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for package in packages]
+    return [(run.wait(), run.stdout.read()) for run in runs]
+
+
+def _description(package):
+    with zipfile.ZipFile(package) as archive:
+        return yaml.safe_load(archive.read("rdf.yaml")), archive
+
+
+def test_a_2d_model_exports_from_the_cli_and_onnx_reproduces_denoise(tmp_path, tiny_model, noisy):
+    save_model(tiny_model, tmp_path / "model")
+    big = np.tile(noisy, (3, 3))[:300, :280]  # larger than the zoo's 256 x 256 tile
+    tifffile.imwrite(tmp_path / "image.tif", big)
+    run = flax_denoise("export", tmp_path / "model", "--bmz", tmp_path / "tiny.zip", "--test-image",
+                       tmp_path / "image.tif", "--author", "Test Author")
+    assert run.returncode == 0, run.stderr
+    [(status, report)] = zoo_test(tmp_path / "tiny.zip")
+    assert status == 0, report[-3000:]
+    rdf, _ = _description(tmp_path / "tiny.zip")
+    assert rdf["inputs"][0]["preprocessing"][0]["id"] == "scale_linear"  # fixed statistics: exact in the zoo
+    assert rdf["authors"] == [{"name": "Test Author"}] and rdf["weights"]["onnx"]["opset_version"] >= 11
+    with zipfile.ZipFile(tmp_path / "tiny.zip") as archive:
+        session = onnxruntime.InferenceSession(archive.read("weights.onnx"))
+    # ONNX with the zoo's processing, on a tile of the user's image, against our own denoise (no fusion):
+    # equal away from the tile's edges, where the zoo's tiling drops the halo.
+    crop = big[:256, :256]
+    gain, offset = 1 / np.float32(tiny_model.input_norm.scale[0]), -np.float32(tiny_model.input_norm.offset[0])
+    x = ((crop + offset) * gain).astype(np.float32)[None, ..., None]
+    y = session.run(None, {session.get_inputs()[0].name: x})[0][0, ..., 0]
+    y = y * tiny_model.output_norm.scale[0] + tiny_model.output_norm.offset[0]
+    ours = denoise(crop, tiny_model, axes="YX", fusion=False)
+    inner = (slice(32, -32),) * 2
+    np.testing.assert_allclose(y[inner], ours[inner], atol=1e-3 * float(np.ptp(ours)))
+
+
+def test_a_3d_model_and_a_per_image_model_pass_the_zoos_test(tmp_path, tiny_model):
+    from napari_flax_denoise.models.bmz import export_bmz
+    from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
+    from napari_flax_denoise.models.normalization import Normalization
+
+    volume = np.random.default_rng(0).normal(100, 10, (24, 48, 48)).astype(np.float32)
+    config = Config(dims=3, features=4, depth=1)
+    statistics = Normalization("meanstd", (100.0,), (10.0,))
+    model = TrainedModel(config, build_network(config), statistics, statistics, {"name": "volume"})
+    export_bmz(model, tmp_path / "volume.zip", author="Test", test_image=volume, test_axes="ZYX")
+    # Normalised per image, as general-2d is: the zoo's percentile step, and no way back.
+    per_image = TrainedModel(tiny_model.config.replace(normalize_per_image=True), tiny_model.network,
+                             tiny_model.input_norm, tiny_model.output_norm, {"name": "per image"})
+    export_bmz(per_image, tmp_path / "per_image.zip", author="Test")
+    for status, report in zoo_test(tmp_path / "volume.zip", tmp_path / "per_image.zip"):
+        assert status == 0, report[-3000:]
+    rdf, _ = _description(tmp_path / "volume.zip")
+    assert [axis["type"] for axis in rdf["inputs"][0]["axes"]] == ["batch", "space", "space", "space", "channel"]
+    rdf, _ = _description(tmp_path / "per_image.zip")
+    assert rdf["inputs"][0]["preprocessing"][0]["id"] == "scale_range"
+    assert rdf["outputs"][0]["postprocessing"] == []
+
+
+def test_an_export_that_cannot_be_written_says_why(tmp_path, tiny_model):
+    save_model(tiny_model, tmp_path / "model")
+    run = flax_denoise("export", tmp_path / "model", "--bmz", tmp_path / "tiny.tif")
+    assert run.returncode == 2 and ".zip" in run.stderr and "Traceback" not in run.stderr
+    run = flax_denoise("export", tmp_path / "nothing", "--bmz", tmp_path / "x.zip")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert not (tmp_path / "x.zip").exists()
