@@ -12,6 +12,8 @@ Denoise widget, and writes ``docs/train_widget.png`` and
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ def snap(viewer, name):
 
 
 def main():
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp()  # the widgets' defaults, not this user's remembered settings
     DOCS.mkdir(exist_ok=True)
     viewer = napari.Viewer(title="napari-flax-denoise")
     viewer.window._qt_window.resize(1700, 950)

@@ -64,6 +64,8 @@ def test_denoise_a_2d_sample_keeps_placement_and_input(viewer, denoiser, qtbot, 
     np.testing.assert_allclose(result.data, denoise(layer.data, tiny_model, axes="YX"), atol=1e-4)
     assert _digest(layer.data) == before
     assert denoiser.progress.value == denoiser.progress.max
+    assert "fusion" in denoiser.status.value  # says what fusion did
+    assert 0 <= result.metadata["napari_flax_denoise"]["fusion_weight"] <= 1
 
 
 def test_denoise_a_3d_sample_plane_by_plane_with_uncertainty(viewer, denoiser, qtbot):
@@ -214,12 +216,13 @@ def test_training_plots_previews_saves_and_feeds_the_denoise_widget(viewer, qtbo
     folder = tmp_path / "nuclei model"
     trainer = _trainer(viewer, folder=folder)
     trainer.images.value = [layer]
+    (viewer.scene if hasattr(viewer, "scene") else viewer).camera.center = (150.0, 100.0)  # pixel (300, 200)
     _train(qtbot, trainer)
     assert [s for s, _ in trainer.plot.train] == list(range(1, 7))
     assert [s for s, _ in trainer.plot.val] == [3, 6]
     preview = viewer.layers["nuclei (noisy) preview"]
     assert preview.data.shape == (256, 256)
-    np.testing.assert_allclose(preview.translate, (64, 64))  # the centre crop starts at pixel 128
+    np.testing.assert_allclose(preview.translate, (86, 36))  # the crop around the view's centre starts at (172, 72)
     assert (folder / "model.json").is_file()
     assert trainer.result.stopped == "completed" and trainer.progress.value == 6
     assert "ETA" in trainer.status.value

@@ -83,17 +83,21 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
 
 def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
                  tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None,
-                 precision: str = "float32"):
+                 precision: str = "float32", report: dict | None = None):
     """Generator form of :func:`denoise`: yields progress, returns the result.
 
     ``out`` (optional, lazy inputs): a writable array of the result's shape,
     e.g. a zarr array, that receives every plane as soon as it is denoised;
     it is returned in place of an in-memory result, so memory stays at one
     plane however long the stack.
+
+    ``report`` (optional): a dict that receives what was done beyond the
+    network: ``"fusion_weights"``, the mean weight fusion gave the noisy
+    pixels, per image or plane (0: the prediction unchanged).
     """
     model = resolve_model(model)
     options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std,
-                   fusion=fusion, precision=check_precision(precision))
+                   fusion=fusion, precision=check_precision(precision), report=report)
     with active().memory():  # on a CPU, each tile reuses the last one's pages
         if is_lazy(image):
             return (yield from _denoise_lazy(image, model, axes, options, out))
@@ -167,7 +171,8 @@ def _read(image, index):
     return np.asarray(image[index])
 
 
-def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion, precision):
+def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion, precision,
+                   report=None):
     config = model.config
     image, layout = check_image(image, axes)
     if image.min() == image.max():
@@ -212,7 +217,9 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         same = input_norm == output_norm  # n2v / n2v2 and per-image models: no copy of a large stack
         noisy = x if same else output_norm.apply(input_norm.undo(x))
         units = 1.0 if same else np.float32(output_norm.scale) / np.float32(input_norm.scale)
-        fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy, units=units)
+        weight = fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy, units=units)
+        if report is not None:
+            report.setdefault("fusion_weights", []).append(weight)
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
     if fold:  # back from one-channel images to channels
         mean, std = (None if a is None else np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import napari
@@ -15,7 +16,7 @@ from ..inference.batch import denoise_files
 from ..inference.fusion import fusion_applies
 from ..inference.prediction import denoise_iter
 from . import running
-from .layers import check_axes_override, describe_axes, infer_axes, layer_data, result_layer
+from .layers import check_axes_override, describe_axes, describe_fusion, infer_axes, layer_data, result_layer
 from .registry import MODELS
 from .settings import Remembered
 
@@ -39,7 +40,7 @@ class DenoiseWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = None
+        self.worker, self._started = None, time.monotonic()
         self.source = ComboBox(label="Denoise", choices=[LAYER, FOLDER], value=LAYER,
                                tooltip="An image layer of the viewer, or every image file in a folder on disk "
                                        "(written to an output folder; the model is loaded once).")
@@ -162,8 +163,9 @@ class DenoiseWidget(Container):
                     "tta": bool(self.tta.value or self.uncertainty.value),
                     "fusion": bool(self.fusion.value) and fusion_applies(model.config),
                     "precision": self.precision.value, "version": __version__}
-        kwargs = dict(axes=axes, return_std=bool(self.uncertainty.value))
-        return denoise_iter, (data, model), kwargs, lambda result: self._add_result(layer, settings, result)
+        report = {}
+        kwargs = dict(axes=axes, return_std=bool(self.uncertainty.value), report=report)
+        return denoise_iter, (data, model), kwargs, lambda result: self._add_result(layer, settings, result, report)
 
     def _folder_job(self, model):
         source, target = (None if str(v) in ("", ".") else Path(v)
@@ -184,6 +186,7 @@ class DenoiseWidget(Container):
     def _running(self, on: bool):
         self.run_button.enabled, self.cancel_button.enabled = not on, on
         if on:
+            self._started = time.monotonic()
             self.progress.max, self.progress.value = 1, 0
             self.status.value = "Starting; the first image of a size also compiles the network ..."
 
@@ -198,13 +201,20 @@ class DenoiseWidget(Container):
         self.progress.max, self.progress.value = progress.total, progress.done
         if self.status.value.startswith("Cancelling"):
             return
+        left = ""
+        if 0 < progress.done < progress.total:
+            seconds = (time.monotonic() - self._started) * (progress.total - progress.done) / progress.done
+            left = f" · about {int(seconds) // 60}:{int(seconds) % 60:02d} left"
         if getattr(progress, "files", 0):
-            self.status.value = f"file {progress.file}/{progress.files}: {progress.name}"
+            self.status.value = f"file {progress.file}/{progress.files}: {progress.name}{left}"
         else:
-            self.status.value = "Denoising ..."
+            self.status.value = f"Denoising · {100 * progress.done // max(progress.total, 1)}%{left}"
 
-    def _add_result(self, layer, settings, result):
+    def _add_result(self, layer, settings, result, report):
         denoised, std = result if isinstance(result, tuple) else (result, None)
+        fusion = describe_fusion(report)
+        if report.get("fusion_weights"):
+            settings = {**settings, "fusion_weight": float(sum(report["fusion_weights"]) / len(report["fusion_weights"]))}
         same_scale = settings["algorithm"] != "care"  # care answers on its targets' scale, not the input's
         for data, name, contrast in ((denoised, f"{layer.name} denoised", same_scale),
                                      (std, f"{layer.name} uncertainty", False)):
@@ -219,7 +229,7 @@ class DenoiseWidget(Container):
                 self.viewer.layers.move(self.viewer.layers.index(added), index)
             else:
                 self.viewer.add_image(data, **kwargs)
-        self.status.value = f"Done: '{layer.name} denoised'."
+        self.status.value = f"Done: '{layer.name} denoised' ({fusion})."
 
     def _report_files(self, result, folder):
         count = len(result.written) + len(result.failed)

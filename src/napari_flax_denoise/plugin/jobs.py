@@ -55,34 +55,43 @@ class PreviewCrop:
     source_axes: str
 
 
-def preview_crop(image, axes: str) -> PreviewCrop:
-    """Central crop of the first S/T plane of ``image`` (axes already validated)."""
+def preview_crop(image, axes: str, centre=None) -> PreviewCrop:
+    """A crop of ``image`` (axes already validated) around ``centre``, for live previews.
+
+    ``centre`` (optional): a position per axis of ``image`` in pixels, such
+    as the point the viewer shows; the crop holds it (kept inside the image)
+    and its S / T plane. Default: the centre of the first plane.
+    """
     spatial = [a for a in axes if a in "ZYX"]
     caps = _PREVIEW[len(spatial)]
+    if centre is None:
+        centre = [0 if a in "ST" else size / 2 for a, size in zip(axes, image.shape)]
     index, offset = [], []
-    for axis, size in zip(axes, image.shape):
+    for axis, size, at in zip(axes, image.shape, centre):
         if axis in "ST":
-            index.append(0)
+            index.append(int(np.clip(round(at), 0, size - 1)))
         elif axis == "C":
             index.append(slice(None))
         else:
-            cap = caps[spatial.index(axis)]
-            start = max((size - cap) // 2, 0)
-            index.append(slice(start, start + min(cap, size)))
+            cap = min(caps[spatial.index(axis)], size)
+            start = int(np.clip(round(at - cap / 2), 0, size - cap))
+            index.append(slice(start, start + cap))
             offset.append(start)
     kept = "".join(a for a in axes if a not in "ST")
     return PreviewCrop(np.asarray(image[tuple(index)]), kept, tuple(offset), axes)
 
 
-def train_with_preview(images, *, axes: str, preview_every: int = 0, stop=None, **train_kwargs):
+def train_with_preview(images, *, axes: str, preview_every: int = 0, preview_centre=None, stop=None,
+                       **train_kwargs):
     """:func:`~napari_flax_denoise.train_iter` that also denoises a preview crop.
 
     Yields :class:`TrainUpdate` for every step; every ``preview_every`` steps
     (and on the first and last step) its ``preview`` holds the crop of the first image
-    denoised with the current weights. Returns the :class:`TrainResult`.
+    around ``preview_centre`` (see :func:`preview_crop`) denoised with the
+    current weights. Returns the :class:`TrainResult`.
     Closing this generator closes the training.
     """
-    crop = preview_crop(images[0], axes) if preview_every else None
+    crop = preview_crop(images[0], axes, preview_centre) if preview_every else None
     run = start_run(images, axes=axes, **train_kwargs)
 
     def update(event: TrainProgress) -> TrainUpdate:

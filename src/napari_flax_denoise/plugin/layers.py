@@ -99,6 +99,28 @@ def describe_axes(axes: str, shape, declared: str = "") -> str:
     return " · ".join(parts) + f" (axes {axes})"
 
 
+def view_centre(viewer, layer) -> tuple:
+    """The point the viewer shows (the centre of the canvas, on the current slice) in ``layer``'s pixels."""
+    point = list(viewer.dims.point)
+    displayed = list(viewer.dims.displayed)
+    scene = getattr(viewer, "scene", None)  # napari 0.9 moved the camera there
+    camera = scene.camera if scene is not None else viewer.camera
+    for axis, value in zip(displayed, list(camera.center)[-len(displayed):]):
+        point[axis] = value
+    return tuple(float(v) for v in layer.world_to_data(point[-layer.ndim:]))
+
+
+def describe_fusion(report: dict) -> str:
+    """What pixel fusion did, in words, from :func:`~napari_flax_denoise.inference.denoise_iter`'s ``report``."""
+    weights = report.get("fusion_weights")
+    if not weights:
+        return "no fusion"
+    mean = sum(weights) / len(weights)
+    if mean < 0.005:
+        return "fusion changed nothing (the network's result was already the better)"
+    return f"fusion put back {100 * mean:.0f}% of the noisy pixels on average"
+
+
 def check_axes_override(text: str, layer) -> str | None:
     """Validate an axes override typed by the user; empty means "infer"."""
     text = (text or "").strip()

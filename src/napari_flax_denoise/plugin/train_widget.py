@@ -19,7 +19,7 @@ from ..training.run import LossWatch
 from . import running
 from .jobs import export_for_zoo
 from .training_process import train_in_child
-from .layers import check_axes_override, infer_axes, layer_data, preview_layer
+from .layers import check_axes_override, infer_axes, layer_data, preview_layer, view_centre
 from .loss_plot import LossPlot
 from .registry import MODELS
 from .settings import Remembered
@@ -57,6 +57,7 @@ class TrainWidget(Container):
         self.images = Select(label="Noisy layer(s)", choices=self._image_layers,
                              tooltip="The noisy images to learn from (the active layer is chosen for you; "
                                      "Ctrl-click for several). They are not changed.")
+        self.images.native.setMaximumHeight(90)  # a few rows; it scrolls
         self.target = create_widget(annotation=napari.layers.Image | None, label="Target (care, n2n)")
         self.target.tooltip = ("care: the clean image; n2n: a second noisy image of the same scene. "
                                "Same shape as the noisy layer. Not used by n2v / n2v2.")
@@ -136,7 +137,9 @@ class TrainWidget(Container):
         self._select_active_layer()
 
     def _image_layers(self, _widget=None) -> list:
-        return [(layer.name, layer) for layer in self.viewer.layers if type(layer).__name__ == "Image"]
+        """The viewer's image layers, less the live previews this widget lays over them."""
+        return [(layer.name, layer) for layer in self.viewer.layers if type(layer).__name__ == "Image"
+                and "preview_of" not in layer.metadata.get("napari_flax_denoise", {})]
 
     def _select_active_layer(self):
         active = self.viewer.layers.selection.active
@@ -197,6 +200,7 @@ class TrainWidget(Container):
             train_in_child, images, owner=self, axes=axes, targets=targets, init=init,
             output=_folder(self.folder.value),
             stop=self._stopping, preview_every=self.preview_every.value, action="Training",
+            preview_centre=view_centre(self.viewer, layers[0]),  # the preview shows what the user looks at
             algorithm=self.algorithm.value, epochs=self.epochs.value, steps_per_epoch=self.steps_per_epoch.value,
             patch_size=self.patch_size.value, batch_size=self.batch_size.value,
             learning_rate=self.learning_rate.value, val_fraction=self.val_fraction.value,
