@@ -250,6 +250,8 @@ def test_a_3d_layer_gets_3d_patch_defaults_unless_changed_by_hand(viewer):
     trainer.patch_size.value = 128
     trainer.images.value = [volume]
     assert trainer.patch_size.value == 128  # chosen by hand: kept
+    every = [w for w in trainer if w.widget_type not in ("Label", "ProgressBar")]
+    assert all(w.tooltip for w in every), [w.label for w in every if not w.tooltip]
 
 
 def test_fine_tuning_starts_from_a_loaded_model_folder(viewer, qtbot, tiny_model, noisy, tmp_path):

@@ -1,7 +1,6 @@
 """The wheel a user gets from the napari hub: built, installed into a fresh venv, discovered by npe2."""
 
 import shutil
-import site
 import subprocess
 import sys
 import venv
@@ -46,12 +45,14 @@ def test_installed_wheel_is_valid_for_npe2_and_opens_its_samples(wheel, tmp_path
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
-    # The new venv sees the dependencies this interpreter has (its own venv's or tox's when the suite runs in one,
-    # not only the system's), listed after its own site-packages; the package itself comes from the wheel only.
-    # Only the folders are listed, not their .pth files, so an editable install of the checkout stays out.
+    # The new venv sees the dependencies this interpreter sees (its own venv's or tox's when the suite runs in one,
+    # not only the system's), after its own site-packages; the package itself comes from the wheel only: the
+    # folders of this interpreter's path are listed, less the checkout and any copy of the package.
     own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
                          capture_output=True, text=True).stdout.strip()
-    Path(own, "_dependencies.pth").write_text("\n".join(site.getsitepackages() + [site.getusersitepackages()]) + "\n")
+    folders = [p for p in map(Path, filter(None, sys.path)) if p.is_dir() and not p.is_relative_to(ROOT)
+               and not (p / "napari_flax_denoise").exists()]
+    Path(own, "_dependencies.pth").write_text("".join(f"{folder}\n" for folder in folders))
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True)
     check = (
         "import napari_flax_denoise, sys\n"
