@@ -26,6 +26,9 @@ def test_cluster_matches_local_and_loads_the_model_once_per_worker(client, tiny_
     stack = np.stack([noisy, noisy[::-1], noisy.T, noisy[:, ::-1]])
     result = denoise_on_cluster(stack, tmp_path / "model", axes="TYX", client=client)
     np.testing.assert_allclose(result, denoise(stack, tiny_model, axes="TYX"), atol=1e-4)
+    half = denoise_on_cluster(stack[:2], tmp_path / "model", axes="TYX", client=client, precision="bf16")
+    np.testing.assert_allclose(half, denoise(stack[:2], tiny_model, axes="TYX", precision="bf16"), atol=1e-3)
+    assert not np.allclose(half, result[:2], atol=1e-5)  # bfloat16 arithmetic did run on the workers
 
     def loads():
         from napari_flax_denoise.inference.cluster import worker_model

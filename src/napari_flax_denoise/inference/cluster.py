@@ -31,7 +31,8 @@ def _denoise_block(block, *, reference: str, axes: str, options: dict):
     return denoise(block, worker_model(reference), axes=axes, **options).astype(np.float32)
 
 
-def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = False, fusion: bool | None = None):
+def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = False, fusion: bool | None = None,
+                   precision: str = "float32"):
     """A dask array of ``image`` denoised plane by plane, computed when asked.
 
     Parameters
@@ -42,7 +43,7 @@ def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = Fals
     model : str or Path
         A model directory the workers can read, or an embedded model's name.
     axes : str
-    tile_shape, tta, fusion
+    tile_shape, tta, fusion, precision
         As for :func:`~napari_flax_denoise.denoise`.
 
     Returns
@@ -56,19 +57,23 @@ def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = Fals
     if not isinstance(model, (str, Path)):
         raise UserInputError("On a cluster, give the model as a directory or an embedded model's name, "
                              "so that every worker can load it.")
+    from .prediction import check_precision
+
     reference = str(model)
     config = worker_model(reference).config  # fails early, here, on a bad model
+    precision = check_precision(precision)
     axes = validate_axes(axes, len(image.shape))
     if config.out_channels != config.in_channels and "C" not in axes:
         raise UserInputError("Cluster denoising keeps the input's shape; this model changes the channel count.")
     outer = {i for i, a in enumerate(axes) if a in "ST" or (a == "C" and config.in_channels == 1)}
     lazy = da.asarray(image).rechunk(tuple(1 if i in outer else -1 for i in range(len(axes))))
-    options = {"tile_shape": tile_shape, "tta": tta, "fusion": fusion}
+    options = {"tile_shape": tile_shape, "tta": tta, "fusion": fusion, "precision": precision}
     return lazy.map_blocks(_denoise_block, dtype=np.float32, reference=reference, axes=axes, options=options)
 
 
 def denoise_on_cluster(image, model, *, axes: str, client, tile_shape=None, tta: bool = False,
-                       fusion: bool | None = None) -> np.ndarray:
+                       fusion: bool | None = None, precision: str = "float32") -> np.ndarray:
     """Denoise ``image`` on the workers of ``client`` and return the result in memory."""
-    lazy = denoise_lazily(image, model, axes=axes, tile_shape=tile_shape, tta=tta, fusion=fusion)
+    lazy = denoise_lazily(image, model, axes=axes, tile_shape=tile_shape, tta=tta, fusion=fusion,
+                          precision=precision)
     return client.compute(lazy).result()
