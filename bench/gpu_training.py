@@ -39,11 +39,11 @@ def torch_on_gpu():
     return torch, UNet
 
 
-def our_steps_per_s(algorithm, batch, patch, steps):
+def our_steps_per_s(algorithm, batch, patch, steps, precision="float32"):
     """Steps/s of our trainer after its first dispatch, and the seconds to that first step."""
     image = np.random.default_rng(2).normal(100, 20, (1024, 1024)).astype(np.float32)
     config = Config(algorithm=algorithm, batch_size=batch, patch_size=patch, epochs=1, steps_per_epoch=steps,
-                    val_fraction=0.0)
+                    val_fraction=0.0, precision=precision)
     started = time.perf_counter()
     run = train_iter(image, axes="YX", targets=None if config.self_supervised else image, config=config)
     next(run)
@@ -109,11 +109,11 @@ def camera_pair():
     return noisy, clean
 
 
-def our_psnr_after(budget, batch, patch):
+def our_psnr_after(budget, batch, patch, precision="float32"):
     """PSNR on camera after ``budget`` seconds of our care training (compiling included)."""
     noisy, clean = camera_pair()
     config = Config(algorithm="care", batch_size=batch, patch_size=patch, epochs=1, steps_per_epoch=10**6,
-                    val_fraction=0.0)
+                    val_fraction=0.0, precision=precision)
     started = time.perf_counter()
     result = drive(train_iter(noisy, axes="YX", targets=clean, config=config,
                               stop=lambda: time.perf_counter() - started > budget))
@@ -183,10 +183,15 @@ def training(quick):
     budget = 5 if quick else 30
     ours = our_psnr_after(budget, *sizes[-1])
     theirs = torch_psnr_after(budget, *sizes[-1])
+    half = our_psnr_after(budget, *sizes[-1], precision="bfloat16")  # mixed precision: issue 25's item 6
     results["psnr_after_budget"] = {"seconds": budget, "ours_db": ours[0], "ours_steps": ours[1],
+                                    "ours_bf16_db": half[0], "ours_bf16_steps": half[1],
                                     "torch_tf32_db": theirs[0] if theirs else None,
                                     "torch_steps": theirs[1] if theirs else None}
-    print(results["psnr_after_budget"], flush=True)
+    rate, _ = our_steps_per_s("n2v2", *sizes[-1], steps, precision="bfloat16")
+    results["train_n2v2_bf16_steps_per_s"] = {"size": list(sizes[-1]), "steps_per_s": rate,
+                                              "over_float32": rate / named["n2v2", *sizes[-1]]["steps_per_s"]}
+    print(results["psnr_after_budget"], results["train_n2v2_bf16_steps_per_s"], flush=True)
     return results
 
 
@@ -203,5 +208,9 @@ def markdown(results):
     theirs = f"{budget['torch_tf32_db']:.2f} dB ({budget['torch_steps']} steps)" if budget["torch_tf32_db"] else "—"
     lines += ["", f"First step in a new process (compile cache warm): {results['first_step_s']:.1f} s.",
               f"care on camera (sigma 25) after {budget['seconds']} s: ours {budget['ours_db']:.2f} dB "
-              f"({budget['ours_steps']} steps), PyTorch TF32 {theirs}."]
+              f"({budget['ours_steps']} steps), ours in mixed precision (bf16) {budget['ours_bf16_db']:.2f} dB "
+              f"({budget['ours_bf16_steps']} steps), PyTorch TF32 {theirs}.",
+              f"n2v2 {'x'.join(map(str, results['train_n2v2_bf16_steps_per_s']['size']))} in mixed precision: "
+              f"{results['train_n2v2_bf16_steps_per_s']['steps_per_s']:.1f} steps/s, "
+              f"{results['train_n2v2_bf16_steps_per_s']['over_float32']:.2f}x float32."]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,9 @@
 import json
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from napari_flax_denoise import Config, denoise, load_model, psnr, train, train_iter, use_backend
 from napari_flax_denoise.errors import UserInputError
@@ -246,3 +248,18 @@ def test_a_loss_that_grows_a_hundredfold_warns_once_and_flags_the_model():
     assert watch.problem(result) == "diverged"
     assert LossWatch().problem(result) is None
     assert LossWatch().problem(TrainResult(model=None)) == "stopped before its first validation"
+
+
+def test_mixed_precision_keeps_float32_weights_and_learns_like_float32(noisy):
+    runs = {}
+    for precision in ("float32", "bf16"):
+        config = Config(features=8, patch_size=32, batch_size=4, epochs=2, steps_per_epoch=4, seed=3,
+                        precision=precision, val_fraction=0.0)
+        runs[precision] = train(noisy, axes="YX", config=config)
+    half, full = runs["bf16"], runs["float32"]
+    assert half.model.config.precision == "bfloat16"  # saved with the model, so a resume continues alike
+    weights = jax.tree.leaves(nnx.state(half.model.network, nnx.Param))
+    assert all(w.dtype == np.float32 for w in weights)  # master weights stay float32
+    losses = [[h["train_loss"] for h in run.history] for run in (half, full)]
+    assert losses[0] != losses[1]  # bfloat16 arithmetic did run
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0.1)

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--val-fraction", type=float)
     train.add_argument("--seed", type=int)
+    train.add_argument("--precision", choices=["float32", "bf16", "bfloat16"],
+                       help="bf16: mixed precision (bfloat16 arithmetic, float32 weights and loss), faster on GPUs "
+                            "with tensor cores (default: float32)")
     train.add_argument("--config", metavar="FILE", help="JSON file of settings (flags override it)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -175,7 +178,7 @@ def _train(args):
     overrides = {k: v for k, v in dict(
         algorithm=args.algorithm, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        val_fraction=args.val_fraction, seed=args.seed).items() if v is not None}
+        val_fraction=args.val_fraction, seed=args.seed, precision=args.precision).items() if v is not None}
     run = train_iter(images, axes=axes, targets=targets, config=config, output=args.output,
                      init=args.init, resume=args.resume, **overrides)
 

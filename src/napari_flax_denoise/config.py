@@ -83,6 +83,11 @@ class Config:
         anyone's images need this.
     augment : bool
         Random flips and 90 degree rotations of training patches.
+    precision : {'float32', 'bfloat16'}
+        Training arithmetic: ``bfloat16`` computes the network's forward and
+        backward passes in bfloat16 (mixed precision: weights, optimiser
+        state and loss stay float32). Faster on GPUs with tensor cores; on a
+        CPU it is slower. ``bf16`` is accepted.
     seed : int
     """
 
@@ -108,6 +113,7 @@ class Config:
     normalization: str = "percentile"
     normalize_per_image: bool = False
     augment: bool = True
+    precision: str = "float32"
     seed: int = 0
 
     def __post_init__(self):
@@ -118,6 +124,8 @@ class Config:
         _choice("loss", self.loss, ("mse", "l1"))
         _choice("normalization", self.normalization, ("percentile", "meanstd"))
         _choice("normalize_per_image", self.normalize_per_image, (False, True))
+        self.precision = {"bf16": "bfloat16"}.get(str(self.precision).lower(), str(self.precision).lower())
+        _choice("precision", self.precision, ("float32", "bfloat16"))
         _int_range("depth", self.depth, 1, 4)
         _int_range("features", self.features, 1, 512)
         _int_range("in_channels", self.in_channels, 1, 64)

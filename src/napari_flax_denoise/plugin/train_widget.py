@@ -89,6 +89,9 @@ class TrainWidget(Container):
                                          tooltip="Share of the patches held out to validate and keep the best model.")
         self.preview_every = SpinBox(label="Preview every (steps)", value=25, min=0, max=100_000,
                                      tooltip="0 turns the live preview off.")
+        self.precision = ComboBox(label="Precision", choices=["float32", "bfloat16"], value=defaults.precision,
+                                  tooltip="bfloat16: mixed precision (bfloat16 arithmetic, float32 weights), faster "
+                                          "on GPUs with tensor cores; slower on a CPU.")
         self.folder = FileEdit(label="Model folder", mode="d",
                                tooltip="Where the model is saved (during training if set before Start).")
         self.defaults_button = PushButton(text="Restore defaults", tooltip="Put every setting back to its default.")
@@ -107,7 +110,8 @@ class TrainWidget(Container):
         self.plot = LossPlot()
         self.extend([self.images, self.target, self.algorithm, self.start_from, self.model_folder, self.epochs,
                      self.steps_per_epoch, self.length, self.advanced, self.axes, self.patch_size, self.batch_size,
-                     self.learning_rate, self.val_fraction, self.preview_every, self.folder, self.defaults_button,
+                     self.learning_rate, self.val_fraction, self.preview_every, self.precision, self.folder,
+                     self.defaults_button,
                      self.start_button, self.stop_button, self.save_button, self.export_button, self.progress,
                      self.status, self.device,
                      self.help])
@@ -115,7 +119,7 @@ class TrainWidget(Container):
         self.settings = Remembered("train", {
             "algorithm": self.algorithm, "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
             "advanced": self.advanced, "patch_size": self.patch_size, "batch_size": self.batch_size,
-            "val_fraction": self.val_fraction, "preview_every": self.preview_every})
+            "val_fraction": self.val_fraction, "preview_every": self.preview_every, "precision": self.precision})
         self.defaults_button.changed.connect(self._restore_defaults)
         for control in (self.algorithm, self.advanced, self.epochs, self.steps_per_epoch):
             control.changed.connect(self._show)
@@ -153,7 +157,7 @@ class TrainWidget(Container):
         if not supervised:
             self.target.value = None
         for control in (self.axes, self.patch_size, self.batch_size, self.learning_rate, self.val_fraction,
-                        self.preview_every):
+                        self.preview_every, self.precision):
             control.visible = bool(self.advanced.value)
         self.length.value = f"{self.epochs.value * self.steps_per_epoch.value} steps in all"
 
@@ -204,6 +208,7 @@ class TrainWidget(Container):
             algorithm=self.algorithm.value, epochs=self.epochs.value, steps_per_epoch=self.steps_per_epoch.value,
             patch_size=self.patch_size.value, batch_size=self.batch_size.value,
             learning_rate=self.learning_rate.value, val_fraction=self.val_fraction.value,
+            precision=self.precision.value,
             on_yield=lambda update: self._on_update(layers[0], update), on_return=self._on_result,
             on_finish=lambda: self._running(False))
 

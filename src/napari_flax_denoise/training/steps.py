@@ -44,7 +44,13 @@ def loss_fn(network, inputs, targets, key, config: Config, profile: Profile | No
         Scalar loss: MSE at the masked pixels for ``n2v``/``n2v2``; MSE or L1
         over all pixels for ``care``/``n2n``.
     """
-    forward = (profile or active()).training_forward
+    route = (profile or active()).training_forward
+
+    def forward(net, batch):
+        if config.precision == "bfloat16":  # weights cast in _loss_of; the loss is computed in float32
+            return route(net, batch.astype(jnp.bfloat16)).astype(jnp.float32)
+        return route(net, batch)
+
     if config.self_supervised:
         masked, index = blind_spot_mask(key, inputs, mask_fraction=config.mask_fraction,
                                         median=config.algorithm == "n2v2")
@@ -150,6 +156,9 @@ def _kept(key, build):
 
 def _loss_of(graphdef, config: Config, profile: Profile):
     def loss_of(params, inputs, targets, key):
+        if config.precision == "bfloat16":  # mixed precision: float32 master weights, bfloat16 arithmetic
+            params = jax.tree.map(lambda p: p.astype(jnp.bfloat16) if jnp.issubdtype(p.dtype, jnp.floating)
+                                  else p, params)
         return loss_fn(nnx.merge(graphdef, params), inputs, targets, key, config, profile)
 
     return loss_of
