@@ -225,6 +225,7 @@ def test_training_plots_previews_saves_and_feeds_the_denoise_widget(viewer, qtbo
     np.testing.assert_allclose(preview.translate, (86, 36))  # the crop around the view's centre starts at (172, 72)
     assert (folder / "model.json").is_file()
     assert trainer.result.stopped == "completed" and trainer.progress.value == 6
+    assert "6 steps in all · about" in trainer.length.value  # the next run's length, at this run's pace
     assert "ETA" in trainer.status.value
     _, denoiser = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
     assert denoiser.model.value == "nuclei model"  # the newest model is preselected

@@ -34,6 +34,28 @@ def _plain(value):
     return str(value) if isinstance(value, Path) else value
 
 
+def recall(key: str):
+    """A value kept by :func:`remember` (None if there is none)."""
+    return _read_all().get("_values", {}).get(key)
+
+
+def remember(key: str, value) -> None:
+    """Keep a plain value (such as the last training pace) for later sessions."""
+    everything = _read_all()
+    everything.setdefault("_values", {})[key] = value
+    _write_all(everything)
+
+
+def _write_all(everything: dict) -> None:
+    path = settings_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(everything, indent=1))
+    except OSError:  # a read-only home: nothing is remembered, nothing else changes
+        pass
+
+
 class Remembered:
     """Keeps named magicgui controls of one widget in the settings file.
 
@@ -63,13 +85,7 @@ class Remembered:
         """Write every control's current value (called on each change)."""
         everything = _read_all()
         everything[self.widget] = {name: _plain(control.value) for name, control in self.controls.items()}
-        path = settings_file()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                Path(tmp).write_text(json.dumps(everything, indent=1))
-        except OSError:  # a read-only home: settings are not remembered, nothing else changes
-            pass
+        _write_all(everything)
 
     def restore_defaults(self, *_):
         """Put every control back to the value it had when the widget was made."""

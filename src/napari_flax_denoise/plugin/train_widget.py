@@ -22,7 +22,7 @@ from .training_process import train_in_child
 from .layers import check_axes_override, infer_axes, layer_data, preview_layer, view_centre
 from .loss_plot import LossPlot
 from .registry import MODELS
-from .settings import Remembered
+from .settings import Remembered, recall, remember
 
 NEW_MODEL = "(new model)"
 # One line per algorithm in its drop-down: what it learns from.
@@ -32,6 +32,11 @@ ALGORITHM_CHOICES = [
     ("care: noisy images and clean targets", "care"),
     ("n2n: two noisy images of each scene", "n2n"),
 ]
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes >= 1 else f"{max(1, round(seconds))} s"
 
 
 def _folder(value) -> Path | None:
@@ -51,7 +56,7 @@ class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = self.result = self._layer = self._axes = None
+        self.worker = self.result = self._layer = self._axes = self._pace = None
         self._stop = threading.Event()
         defaults = Config()
         self.images = Select(label="Noisy layer(s)", choices=self._image_layers,
@@ -121,7 +126,8 @@ class TrainWidget(Container):
             "advanced": self.advanced, "patch_size": self.patch_size, "batch_size": self.batch_size,
             "val_fraction": self.val_fraction, "preview_every": self.preview_every, "precision": self.precision})
         self.defaults_button.changed.connect(self._restore_defaults)
-        for control in (self.algorithm, self.advanced, self.epochs, self.steps_per_epoch):
+        for control in (self.algorithm, self.advanced, self.epochs, self.steps_per_epoch, self.patch_size,
+                        self.batch_size, self.precision):
             control.changed.connect(self._show)
         self._watch = LossWatch()
         self._select_active_layer()
@@ -159,7 +165,15 @@ class TrainWidget(Container):
         for control in (self.axes, self.patch_size, self.batch_size, self.learning_rate, self.val_fraction,
                         self.preview_every, self.precision):
             control.visible = bool(self.advanced.value)
-        self.length.value = f"{self.epochs.value * self.steps_per_epoch.value} steps in all"
+        steps = self.epochs.value * self.steps_per_epoch.value
+        pace = recall(self._pace_key())
+        estimate = "" if pace is None else f" · about {_duration(steps * pace)} at the last such run's pace"
+        self.length.value = f"{steps} steps in all{estimate}"
+
+    def _pace_key(self) -> str:
+        """Runs of the same algorithm, sizes, precision and device train at the same pace."""
+        return (f"pace {self.algorithm.value} {self.patch_size.value} {self.batch_size.value} "
+                f"{self.precision.value} {self.device.value}")
 
     def _restore_defaults(self, *_):
         self.settings.restore_defaults()
@@ -197,7 +211,7 @@ class TrainWidget(Container):
             return
         self._stop.clear()
         self.plot.clear()
-        self.result, self._watch, self._name = None, LossWatch(), layers[0].name
+        self.result, self._watch, self._name, self._pace = None, LossWatch(), layers[0].name, None
         self._layer, self._axes = layers[0], axes
         self._running(True)
         self.worker = running.start(
@@ -259,6 +273,8 @@ class TrainWidget(Container):
     def _on_update(self, layer, update):
         event = update.progress
         self.progress.max, self.progress.value = event.total, event.done
+        if event.done < event.total and event.eta_seconds > 0:  # the core's own measure of a step's time
+            self._pace = event.eta_seconds / (event.total - event.done)
         warning = self._watch.add(event.train_loss)
         if warning is not None:
             show_warning(warning)
@@ -277,6 +293,9 @@ class TrainWidget(Container):
 
     def _on_result(self, result):
         self.result = result
+        if self._pace is not None:
+            remember(self._pace_key(), self._pace)
+            self._show()
         folder = _folder(self.folder.value)
         steps = self.progress.value
         name = folder.name if folder else f"{self._name} · {result.model.config.algorithm} · {steps} steps"
