@@ -76,7 +76,7 @@ def open_input(path, model=None, *, axes: str | None = None, planes: bool = Fals
         error that says how to ask for it.
     """
     from ..io.files import open_image
-    from ..models.checkpoint import load_embedded, resolve_model
+    from ..models.checkpoint import resolve_model
     from ..models.embedded import default_model_name
 
     opened = open_image(path)
@@ -88,13 +88,11 @@ def open_input(path, model=None, *, axes: str | None = None, planes: bool = Fals
     use = validate_axes(use, len(shape))
     # The output keeps the axes the file or the user gave (Z stays Z when planes are denoised one by one).
     out_axes = next((a for a in (opened.axes, axes) if a and len(a) == len(shape)), use)
-    note = None
-    if model is None:
-        model = default_model_name(spatial_dims(use))  # a name, which workers and resolve_model can load
-        dims, planes, which = load_embedded(model).config.dims, True, f"the embedded 2D model '{model}'"
-    else:
-        dims, which = resolve_model(model).config.dims, "the 2D model"
-    if planes and dims == 2 and "Z" in use and "S" not in use:
+    note, default = None, model is None
+    if default:
+        model, planes = default_model_name(spatial_dims(use)), True  # a name, which workers can load too
+    if planes and "Z" in use and "S" not in use and resolve_model(model).config.dims == 2:
+        which = f"the embedded 2D model '{model}'" if default else "the 2D model"
         note = f"Denoising the {use} stack plane by plane with {which}."
         use = use.replace("Z", "S")
     return OpenedInput(Path(path), opened.data, use, out_axes, opened.spacing, model, note, opened.units)

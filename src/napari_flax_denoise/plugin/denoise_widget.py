@@ -212,9 +212,9 @@ class DenoiseWidget(Container):
 
     def _add_result(self, layer, settings, result, report):
         denoised, std = result if isinstance(result, tuple) else (result, None)
-        fusion = describe_fusion(report)
-        if report.get("fusion_weights"):
-            settings = {**settings, "fusion_weight": float(sum(report["fusion_weights"]) / len(report["fusion_weights"]))}
+        fusion, weights = describe_fusion(report), report.get("fusion_weights")
+        if weights:
+            settings = {**settings, "fusion_weight": float(sum(weights) / len(weights))}
         same_scale = settings["algorithm"] != "care"  # care answers on its targets' scale, not the input's
         for data, name, contrast in ((denoised, f"{layer.name} denoised", same_scale),
                                      (std, f"{layer.name} uncertainty", False)):
@@ -226,7 +226,8 @@ class DenoiseWidget(Container):
                 index = self.viewer.layers.index(previous)
                 self.viewer.layers.remove(previous)
                 added = self.viewer.add_image(data, **kwargs)
-                self.viewer.layers.move(self.viewer.layers.index(added), index)
+                if not isinstance(added, list):  # one layer per channel stays where napari puts them
+                    self.viewer.layers.move(self.viewer.layers.index(added), index)
             else:
                 self.viewer.add_image(data, **kwargs)
         self.status.value = f"Done: '{layer.name} denoised' ({fusion})."
