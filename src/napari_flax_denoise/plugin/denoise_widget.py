@@ -101,6 +101,7 @@ class DenoiseWidget(Container):
             control.changed.connect(self._show)
         running.follow(MODELS.changed, self, self._models_changed)
         self._models_changed()
+        self._show()  # the remembered source and advanced settings, before napari first refreshes the widget
 
     def reset_choices(self, *_):
         """Refresh the layer and model lists (napari calls this when layers change)."""
