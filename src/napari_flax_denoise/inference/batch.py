@@ -198,7 +198,7 @@ def denoise_files(inputs, folder, model=None, *, suffix: str | None = None, axes
         share a result name, or an input does not exist. Problems of single
         inputs are collected in ``failed`` instead.
     """
-    from ..io.files import check_output
+    from ..io.files import InputPaths, check_output
     from ..io.listing import check_folder, list_inputs, output_paths
     from ..models.checkpoint import resolve_model
 
@@ -208,9 +208,13 @@ def denoise_files(inputs, folder, model=None, *, suffix: str | None = None, axes
     paths = list_inputs(inputs)
     outputs = output_paths(paths, folder, suffix)
     spreads = output_paths(paths, uncertainty_folder, suffix) if uncertainty_folder is not None else [None] * len(paths)
-    written = [*outputs, *(s for s in spreads if s is not None)]
-    for number, output in enumerate(written):  # every output checked before anything is computed
-        check_output(output, inputs=paths, others=written[:number])
+    if uncertainty_folder is not None and Path(uncertainty_folder).resolve() == Path(folder).resolve():
+        raise UserInputError(f"The results and the uncertainty maps would both go to '{folder}' under the same "
+                             "names; give the uncertainty maps a folder of their own.")
+    sources = InputPaths(paths)  # resolved once: a folder of thousands of files is checked in n steps, not n^2
+    for output in [*outputs, *(s for s in spreads if s is not None)]:  # names within a folder are unique already
+        check_output(output)  # before anything is computed
+        sources.check(output)
     for target in (folder, uncertainty_folder):
         if target is not None:
             Path(target).mkdir(parents=True, exist_ok=True)

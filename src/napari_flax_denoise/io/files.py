@@ -101,11 +101,7 @@ def check_output(path: str | Path, *, inputs=(), others=(), folder: bool = False
     """
     path = Path(path)
     where = path.resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        if where == source or source.is_relative_to(where) or where.is_relative_to(source):
-            raise UserInputError(f"The output '{path}' would overwrite the input '{source}'; "
-                                 "write to another file or folder.")
+    InputPaths(inputs).check(path, where)
     for other in others:
         if other is not None and where == Path(other).resolve():
             raise UserInputError(f"Two outputs are the same file '{path}'; give each its own name.")
@@ -124,6 +120,29 @@ def check_output(path: str | Path, *, inputs=(), others=(), folder: bool = False
     if len(path.name.encode()) + TEMPORARY_EXTRA + len(_suffix(path)) > _NAME_MAX:
         raise UserInputError(f"The output name '{path.name}' is too long for the file system; shorten it.")
     return path
+
+
+class InputPaths:
+    """The resolved paths a job reads, to check outputs against (each check is a walk up one path).
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+    """
+
+    def __init__(self, inputs=()):
+        self.paths = {Path(source).resolve() for source in inputs}
+        self._holders = {parent for source in self.paths for parent in source.parents}
+
+    def check(self, path, where: Path | None = None) -> None:
+        """Refuse an output that is an input, lies inside one (a store or series folder), or holds one."""
+        where = Path(path).resolve() if where is None else where
+        source = next((p for p in (where, *where.parents) if p in self.paths), None)
+        if source is None and where in self._holders:
+            source = next(p for p in self.paths if p.is_relative_to(where))
+        if source is not None:
+            raise UserInputError(f"The output '{path}' would overwrite the input '{source}'; "
+                                 "write to another file or folder.")
 
 
 def _checked_suffix(path: Path, allowed=IMAGE_SUFFIXES) -> str:

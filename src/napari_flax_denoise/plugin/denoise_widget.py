@@ -143,27 +143,26 @@ class DenoiseWidget(Container):
         """Start denoising (a notification explains anything that prevents it)."""
         try:
             model = MODELS.get(self.model.value)
+            options = dict(tta=bool(self.tta.value or self.uncertainty.value), precision=self.precision.value,
+                           fusion=bool(self.fusion.value) and fusion_applies(model.config))
             if self.source.value == FOLDER:
                 job, args, kwargs, on_return = self._folder_job(model)
             else:
-                job, args, kwargs, on_return = self._layer_job(model)
+                job, args, kwargs, on_return = self._layer_job(model, options)
         except UserInputError as error:
             running.report(error, "Denoising")
             return
         self._running(True)
         self.worker = running.start(
-            job, *args, owner=self, tta=bool(self.tta.value or self.uncertainty.value),
-            fusion=bool(self.fusion.value) and fusion_applies(model.config), precision=self.precision.value,
-            action="Denoising", on_yield=self._on_progress, on_return=on_return, on_finish=self._finished, **kwargs)
+            job, *args, owner=self, action="Denoising", on_yield=self._on_progress, on_return=on_return,
+            on_finish=self._finished, **options, **kwargs)
 
-    def _layer_job(self, model):
+    def _layer_job(self, model, options):
         layer = self.image.value
         data = layer_data(layer)
         axes = check_axes_override(self.axes.value, layer) or infer_axes(layer, model.config.dims)
-        settings = {"model": self.model.value, "algorithm": model.config.algorithm, "axes": axes,
-                    "tta": bool(self.tta.value or self.uncertainty.value),
-                    "fusion": bool(self.fusion.value) and fusion_applies(model.config),
-                    "precision": self.precision.value, "version": __version__}
+        settings = {"model": self.model.value, "algorithm": model.config.algorithm, "axes": axes, **options,
+                    "version": __version__}
         report = {}
         kwargs = dict(axes=axes, return_std=bool(self.uncertainty.value), report=report)
         return denoise_iter, (data, model), kwargs, lambda result: self._add_result(layer, settings, result, report)
