@@ -10,8 +10,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from .errors import UserInputError
 
 EXIT_USAGE = 2

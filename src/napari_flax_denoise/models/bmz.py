@@ -21,7 +21,6 @@ The export needs the ``bmz`` extra: ``pip install "napari-flax-denoise[bmz]"``.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tempfile
 import zipfile
 from datetime import datetime, timezone
