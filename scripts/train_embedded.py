@@ -40,8 +40,8 @@ MODELS = ROOT / "src" / "napari_flax_denoise" / "models"
 TRAIN_IMAGES = ["moon", "brick", "grass", "gravel", "text", "page", "clock", "astronaut", "chelsea", "coffee",
                 "rocket", "hubble_deep_field", "retina", "immunohistochemistry"]
 HELD_OUT = ["camera", "cell", "coins"]
-GAUSSIAN = (5, 10, 15, 25, 35, 50)  # sigma on 0-255
-POISSON = ((5, 1.0), (10, 2.0), (30, 2.0), (100, 3.0))  # (photons at peak, read-noise sigma in counts)
+GAUSSIAN = (2, 5, 10, 15, 25, 35, 50, 75)  # sigma on 0-255
+POISSON = ((2, 1.0), (5, 1.0), (10, 2.0), (30, 2.0), (100, 3.0), (200, 4.0))  # (photons at peak, read-noise sigma)
 
 
 def grey(name: str) -> np.ndarray:
@@ -92,7 +92,16 @@ def train(output: Path, steps: int, work: Path, init=None, learning_rate=None, n
                     *(["--learning-rate", str(learning_rate)] if learning_rate else [])], check=True)
 
 
-def evaluate(output: Path) -> list[dict]:
+def noise_aware(model: str, folder: Path) -> str:
+    """Save a noise-aware copy of ``model`` (same function, zero weights on the noise channels) in ``folder``."""
+    from napari_flax_denoise import load_model
+    from napari_flax_denoise.models.checkpoint import save_model, with_noise_input
+
+    save_model(with_noise_input(load_model(model)), folder)
+    return str(folder)
+
+
+def evaluate(output: Path, previous: str | None = None) -> list[dict]:
     from napari_flax_denoise import classical_denoise, denoise, load_model
     from napari_flax_denoise import evaluate as score
 
@@ -103,13 +112,16 @@ def evaluate(output: Path) -> list[dict]:
         ours = denoise(noisy, model, axes="YX")  # fused with the noisy pixels, the default
         plain = denoise(noisy, model, axes="YX", fusion=False)
         nlm = classical_denoise(noisy, "nlm")
-        row = {"image": label, "noisy": score(noisy, clean, data_range=span)["psnr"],
+        row = {} if previous is None else {"previous": score(denoise(noisy, previous, axes="YX"), clean,
+                                                             data_range=span)["psnr"]}
+        row |= {"image": label, "noisy": score(noisy, clean, data_range=span)["psnr"],
                "general-2d": score(ours, clean, data_range=span)["psnr"],
                "general-2d without fusion": score(plain, clean, data_range=span)["psnr"],
                "nlm": score(nlm, clean, data_range=span)["psnr"]}
         rows.append(row)
         print(f"{label:20s} noisy {row['noisy']:6.2f}  nlm {row['nlm']:6.2f}  general-2d {row['general-2d']:6.2f} "
-              f"(without fusion {row['general-2d without fusion']:6.2f})", flush=True)
+              f"(without fusion {row['general-2d without fusion']:6.2f})"
+              + (f"  previous {row['previous']:6.2f}" if previous else ""), flush=True)
     return rows
 
 
@@ -206,6 +218,11 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=MODELS / "general-2d")
     parser.add_argument("--init", help="model (embedded name or directory) to continue training from")
     parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: the CLI's)")
+    parser.add_argument("--noise-input", action="store_true",
+                        help="make the model noise-aware: --init's network gets the noise-level channels "
+                             "(with zero weights, so it starts as it was) and learns to use them")
+    parser.add_argument("--compare", help="also score this model (embedded name or directory) on the held-out "
+                                          "images, as the model the new one replaces")
     parser.add_argument("--card-only", action="store_true",
                         help="rewrite the model card of --output from its metrics.json (no training)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -214,15 +231,20 @@ def main(argv=None):
     if args.card_only:  # e.g. after scripts/medical_check.py has new results for the card
         return card(args.output, json.loads((args.output / "metrics.json").read_text()))
     if args.evaluate_only:  # e.g. after a change to denoise
-        rows = evaluate(args.output)
+        rows = evaluate(args.output, args.compare)
         (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
         return card(args.output, rows)
     start = training_record(args.init) if args.init else None  # read before an output may replace it
     with tempfile.TemporaryDirectory() as work:
-        train(args.output, args.steps, Path(work), args.init, args.learning_rate)
+        init = args.init
+        if args.noise_input:
+            if not init:
+                parser.error("--noise-input widens an existing model: give --init")
+            init = noise_aware(init, Path(work) / "start")
+        train(args.output, args.steps, Path(work), init, args.learning_rate)
     for leftover in ("last",):  # the resume state is not shipped
         subprocess.run(["rm", "-rf", str(args.output / leftover)], check=True)
-    rows = evaluate(args.output)
+    rows = evaluate(args.output, args.compare)
     (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
     card(args.output, rows, start)
 

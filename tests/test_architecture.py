@@ -11,7 +11,7 @@ PACKAGE = Path(napari_flax_denoise.__file__).parent
 # imports the other. runtime stands alone: it imports nothing else of the package.
 LAYERS = {
     "_version": -1, "errors": 0, "_lazy": 0, "progress": 0, "config": 1, "axes": 1, "runtime": 0,
-    "io": 2, "network": 2, "evaluation": 2, "models": 3, "training": 4, "inference": 4,
+    "io": 2, "network": 2, "evaluation": 2, "noise": 2, "models": 3, "training": 4, "inference": 4,
     "cli": 5, "plugin": 5, "__init__": 6,
 }
 

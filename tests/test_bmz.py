@@ -30,6 +30,11 @@ def _description(package):
         return yaml.safe_load(archive.read("rdf.yaml")), archive
 
 
+def _card_of(package):
+    with zipfile.ZipFile(package) as archive:
+        return archive.read("README.md").decode()
+
+
 def test_a_2d_model_exports_from_the_cli_and_onnx_reproduces_denoise(tmp_path, tiny_model, noisy):
     save_model(tiny_model, tmp_path / "model")
     big = np.tile(noisy, (3, 3))[:300, :280]  # larger than the zoo's 256 x 256 tile
@@ -58,7 +63,7 @@ def test_a_2d_model_exports_from_the_cli_and_onnx_reproduces_denoise(tmp_path, t
 
 def test_a_3d_model_and_a_per_image_model_pass_the_zoos_test(tmp_path, tiny_model):
     from napari_flax_denoise.models.bmz import export_bmz
-    from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
+    from napari_flax_denoise.models.checkpoint import TrainedModel, build_network, with_noise_input
     from napari_flax_denoise.models.normalization import Normalization
 
     volume = np.random.default_rng(0).normal(100, 10, (24, 48, 48)).astype(np.float32)
@@ -66,9 +71,13 @@ def test_a_3d_model_and_a_per_image_model_pass_the_zoos_test(tmp_path, tiny_mode
     statistics = Normalization("meanstd", (100.0,), (10.0,))
     model = TrainedModel(config, build_network(config), statistics, statistics, {"name": "volume"})
     export_bmz(model, tmp_path / "volume.zip", author="Test", test_image=volume, test_axes="ZYX")
-    # Normalised per image, as general-2d is: the zoo's percentile step, and no way back.
-    per_image = TrainedModel(tiny_model.config.replace(normalize_per_image=True), tiny_model.network,
-                             tiny_model.input_norm, tiny_model.output_norm, {"name": "per image"})
+    # Normalised per image and noise-aware, as general-2d is: the zoo's percentile step, no way back, and the
+    # noise level fixed in the graph (weighed in, so that the zoo's test sees whether it is the right one).
+    per_image = with_noise_input(TrainedModel(tiny_model.config.replace(normalize_per_image=True),
+                                              tiny_model.network, tiny_model.input_norm, tiny_model.output_norm,
+                                              {"name": "per image"}))
+    conv = per_image.network.encoders[0].conv1
+    conv.kernel[...] = conv.kernel[...].at[..., 1:, :].set(0.5)
     export_bmz(per_image, tmp_path / "per_image.zip", author="Test")
     for status, report in zoo_test(tmp_path / "volume.zip", tmp_path / "per_image.zip"):
         assert status == 0, report[-3000:]
@@ -77,6 +86,7 @@ def test_a_3d_model_and_a_per_image_model_pass_the_zoos_test(tmp_path, tiny_mode
     rdf, _ = _description(tmp_path / "per_image.zip")
     assert rdf["inputs"][0]["preprocessing"][0]["id"] == "scale_range"
     assert rdf["outputs"][0]["postprocessing"] == []
+    assert "Noise level: fixed when exported" in _card_of(tmp_path / "per_image.zip")
 
 
 def test_an_export_that_cannot_be_written_says_why(tmp_path, tiny_model):

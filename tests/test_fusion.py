@@ -8,9 +8,9 @@ from scipy import ndimage
 from skimage import data
 
 from napari_flax_denoise import Config, denoise, train
-from napari_flax_denoise.inference import noise
+from napari_flax_denoise.noise import line as noise
 from napari_flax_denoise.inference.fusion import divergence, fuse
-from napari_flax_denoise.inference.noise import noise_line
+from napari_flax_denoise.noise.line import noise_line
 from napari_flax_denoise.models.checkpoint import build_network
 
 pytestmark = pytest.mark.float32  # equivalences at float32 precision (accelerators' default is TF32)

@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     denoise.add_argument("--precision", choices=["float32", "bf16", "bfloat16"], default="float32",
                          help="the network's arithmetic: bf16 is about twice as fast on GPUs with tensor cores, "
                               "at a small cost in quality (default: float32)")
+    denoise.add_argument("--noise-level", metavar="SIGMA",
+                         help="for noise-aware models (general-2d): the noise's standard deviation in the image's "
+                              "intensity units, or GAIN,VARIANCE for photon noise (variance = GAIN * intensity + "
+                              "VARIANCE); default: estimated from each image")
     denoise.add_argument("--scheduler", metavar="ADDRESS",
                          help="dask.distributed scheduler to spread the planes over (e.g. tcp://10.0.0.5:8786)")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -218,7 +222,8 @@ def _denoise(args):
 
 
 def _options(args) -> dict:
-    return dict(tile_shape=args.tile_shape, tta=args.tta, fusion=args.fusion, precision=args.precision)
+    return dict(tile_shape=args.tile_shape, tta=args.tta, fusion=args.fusion, precision=args.precision,
+                noise_level=args.noise_level)
 
 
 def _denoise_many(args):
@@ -258,7 +263,7 @@ def _denoise_on_cluster(args, opened, options):
     image, spacing = opened.image, opened.spacing
     with client:
         lazy = denoise_lazily(image, opened.model, axes=opened.axes,
-                              **{k: options[k] for k in ("tile_shape", "tta", "fusion", "precision")})
+                              **{k: options[k] for k in ("tile_shape", "tta", "fusion", "precision", "noise_level")})
         if str(args.output).lower().endswith(".zarr"):  # the workers write their planes straight to the store
             import dask.array as da
 

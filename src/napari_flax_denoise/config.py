@@ -49,6 +49,12 @@ class Config:
         Feature maps of the first level; doubled at every level.
     in_channels, out_channels : int
         Image channels in and out.
+    noise_input : bool
+        The network also takes the image's noise level: two constant
+        channels holding the noise's standard deviation at the bottom and
+        the top of the normalised intensity range (0 and 1), estimated from
+        each image (see :mod:`~napari_flax_denoise.noise.level`)
+        or given by the user. One-channel models only.
     blurpool : bool or None
         Blur-pool instead of max-pool and no top skip connection (N2V2).
         ``None`` means "on for n2v2".
@@ -97,6 +103,7 @@ class Config:
     features: int = 32
     in_channels: int = 1
     out_channels: int = 1
+    noise_input: bool = False
     blurpool: bool | None = None
     residual: bool | None = None
     patch_size: int = 64
@@ -124,6 +131,7 @@ class Config:
         _choice("loss", self.loss, ("mse", "l1"))
         _choice("normalization", self.normalization, ("percentile", "meanstd"))
         _choice("normalize_per_image", self.normalize_per_image, (False, True))
+        _choice("noise_input", self.noise_input, (False, True))
         self.precision = {"bf16": "bfloat16"}.get(str(self.precision).lower(), str(self.precision).lower())
         _choice("precision", self.precision, ("float32", "bfloat16"))
         _int_range("depth", self.depth, 1, 4)
@@ -144,6 +152,9 @@ class Config:
         _float_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _float_range("mask_fraction", self.mask_fraction, 0.0, 0.5, low_open=True)
         _float_range("val_fraction", self.val_fraction, 0.0, 0.5)
+        if self.noise_input and self.in_channels != 1:
+            raise UserInputError("noise_input needs a one-channel model (in_channels 1); a model of several "
+                                 "channels denoises without a noise level.")
         if self.self_supervised and self.in_channels != self.out_channels:
             raise UserInputError(
                 f"{self.algorithm} predicts the input itself, so out_channels must equal "

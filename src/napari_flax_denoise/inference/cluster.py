@@ -32,7 +32,7 @@ def _denoise_block(block, *, reference: str, axes: str, options: dict):
 
 
 def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = False, fusion: bool | None = None,
-                   precision: str = "float32"):
+                   precision: str = "float32", noise_level=None):
     """A dask array of ``image`` denoised plane by plane, computed when asked.
 
     Parameters
@@ -43,7 +43,7 @@ def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = Fals
     model : str or Path
         A model directory the workers can read, or an embedded model's name.
     axes : str
-    tile_shape, tta, fusion, precision
+    tile_shape, tta, fusion, precision, noise_level
         As for :func:`~napari_flax_denoise.denoise`.
 
     Returns
@@ -67,13 +67,14 @@ def denoise_lazily(image, model, *, axes: str, tile_shape=None, tta: bool = Fals
         raise UserInputError("Cluster denoising keeps the input's shape; this model changes the channel count.")
     outer = {i for i, a in enumerate(axes) if a in "ST" or (a == "C" and config.in_channels == 1)}
     lazy = da.asarray(image).rechunk(tuple(1 if i in outer else -1 for i in range(len(axes))))
-    options = {"tile_shape": tile_shape, "tta": tta, "fusion": fusion, "precision": precision}
+    options = {"tile_shape": tile_shape, "tta": tta, "fusion": fusion, "precision": precision,
+               "noise_level": noise_level}
     return lazy.map_blocks(_denoise_block, dtype=np.float32, reference=reference, axes=axes, options=options)
 
 
 def denoise_on_cluster(image, model, *, axes: str, client, tile_shape=None, tta: bool = False,
-                       fusion: bool | None = None, precision: str = "float32") -> np.ndarray:
+                       fusion: bool | None = None, precision: str = "float32", noise_level=None) -> np.ndarray:
     """Denoise ``image`` on the workers of ``client`` and return the result in memory."""
     lazy = denoise_lazily(image, model, axes=axes, tile_shape=tile_shape, tta=tta, fusion=fusion,
-                          precision=precision)
+                          precision=precision, noise_level=noise_level)
     return client.compute(lazy).result()

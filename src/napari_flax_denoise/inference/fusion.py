@@ -17,7 +17,7 @@ clipped to [0, 1], where ``R`` is the expected squared difference between
 
 * ``v`` is a line in the intensity (photon noise grows with the signal),
   fitted to the finest Haar wavelet coefficients of ``y`` in intensity bins,
-  then scaled down by what fine texture adds to them (see :mod:`.noise`).
+  then scaled down by what fine texture adds to them (see :mod:`~napari_flax_denoise.noise.line`).
 * ``D`` comes from one backward pass of the network on a few patches.
 * ``R`` is estimated in several ways: per intensity bin, or locally with
   Gaussian windows of several widths. Stein's unbiased risk estimate (SURE)
@@ -47,7 +47,7 @@ from flax import nnx
 from scipy import ndimage
 
 from ..runtime.backend import active
-from .noise import PER_BIN, binned, noise_line
+from ..noise.line import PER_BIN, binned, noise_line
 
 # Patches per image for the divergence probe and their edge (a multiple of 16 for any depth).
 # Small patches spread over the image: D varies with the content more than the probe's own

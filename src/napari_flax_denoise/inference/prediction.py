@@ -31,6 +31,7 @@ from ..runtime.backend import active
 from ..runtime.devices import Placement, default_batch_size
 from .augmentation import tta_mean_std
 from .fusion import fuse_images, fusion_applies
+from ..noise.level import noise_features, variance_line, with_noise
 from .resident import apply_network, predict_resident
 from .tiling import check_tiling, default_tile_shape, edge_margin, tile_spans
 
@@ -83,7 +84,7 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
 
 def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
                  tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None,
-                 precision: str = "float32", report: dict | None = None):
+                 precision: str = "float32", report: dict | None = None, noise_level=None):
     """Generator form of :func:`denoise`: yields progress, returns the result.
 
     ``out`` (optional, lazy inputs): a writable array of the result's shape,
@@ -93,11 +94,15 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
 
     ``report`` (optional): a dict that receives what was done beyond the
     network: ``"fusion_weights"``, the mean weight fusion gave the noisy
-    pixels, per image or plane (0: the prediction unchanged).
+    pixels, per image or plane (0: the prediction unchanged); for a
+    noise-aware model, ``"noise_levels"``, the noise channels it was given
+    per image or plane (standard deviations at normalised intensity 0 and 1).
     """
     model = resolve_model(model)
+    if noise_level is not None:
+        variance_line(noise_level)  # a bad value is refused before anything is read
     options = dict(tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, tta=tta, return_std=return_std,
-                   fusion=fusion, precision=check_precision(precision), report=report)
+                   fusion=fusion, precision=check_precision(precision), report=report, noise_level=noise_level)
     with active().memory():  # on a CPU, each tile reuses the last one's pages
         if is_lazy(image):
             return (yield from _denoise_lazy(image, model, axes, options, out))
@@ -172,7 +177,7 @@ def _read(image, index):
 
 
 def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion, precision,
-                   report=None):
+                   report=None, noise_level=None):
     config = model.config
     image, layout = check_image(image, axes)
     if image.min() == image.max():
@@ -201,7 +206,10 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     input_norm, output_norm = model.input_norm, model.output_norm
     if config.normalize_per_image:  # a pretrained model meets every image on the image's own scale
         input_norm = output_norm = Normalization.fit([x], config.normalization)
+    noise = _noise_of(x, config, input_norm, noise_level)
     x = input_norm.apply(x)
+    if noise is not None and report is not None:
+        report.setdefault("noise_levels", []).extend(noise.tolist())
     if tile_shape is None:
         tile_shape = default_tile_shape(layout.spatial_shape, config)
     tile_shape, halos = check_tiling(tile_shape, overlap, layout.spatial_shape, config)
@@ -209,7 +217,9 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         batch_size = default_batch_size(int(np.prod(tile_shape)), config.features)
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
-    mean, std = yield from _predict(model, x, tile_shape, halos, batch_size, tta, return_std, precision)
+    net_input = x if noise is None else with_noise(x, noise)
+    mean, std = yield from _predict(model, net_input, tile_shape, halos, batch_size, tta, return_std, precision)
+    del net_input
     if fusion:
         # Fusion mixes the noisy image into the prediction, so both must be on the prediction's scale:
         # a care model's targets have their own normalisation (a care model's output fused on the
@@ -226,6 +236,16 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
                      for a in (mean, std))
     result = layout.from_model(mean)[0]
     return (result, layout.from_model(std)[0]) if return_std else result
+
+
+def _noise_of(x, config, norm, level):
+    """The noise channels of raw model-layout ``x`` for a noise-aware model (None for others)."""
+    if not config.noise_input:
+        if level is not None:
+            raise UserInputError("This model does not take a noise level (it finds the noise itself); leave the "
+                                 "noise level out, or choose a noise-aware model such as general-2d.")
+        return None
+    return noise_features(x, norm.offset[0], norm.scale[0], level)
 
 
 def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision):
@@ -252,7 +272,7 @@ def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision):
 
 def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
             tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None,
-            precision: str = "float32"):
+            precision: str = "float32", noise_level=None):
     """Denoise an image with a trained model.
 
     Parameters
@@ -304,6 +324,11 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
         bfloat16, about twice as fast on GPUs with tensor cores, at a small
         cost in PSNR (``bench/gpu.py`` measures it); float32 runs as TF32 on
         GPUs that have it.
+    noise_level : float or (float, float), optional
+        For noise-aware models (such as general-2d): the noise's standard
+        deviation in the image's intensity units, or ``(gain, variance)`` for
+        photon noise (variance ``gain * intensity + variance``). Default:
+        estimated from each image (each plane of a stack) on its own.
 
     Returns
     -------
@@ -319,4 +344,4 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
     """
     return drive(denoise_iter(image, model, axes=axes, tile_shape=tile_shape, overlap=overlap,
                               batch_size=batch_size, tta=tta, return_std=return_std, fusion=fusion, out=out,
-                              precision=precision))
+                              precision=precision, noise_level=noise_level))

@@ -99,17 +99,18 @@ def export_bmz(model, path, *, author: str | None = None, license: str = "CC-BY-
     tile = tuple(max(side, -(-3 * halo // grid) * grid) for side in TILE[config.dims])
     with tempfile.TemporaryDirectory(prefix="bmz-") as work:
         work = Path(work)
-        opset = _write_onnx(model, tile, work / "weights.onnx")
         if test_image is not None:
             test_image, layout = check_image(test_image, test_axes or ("ZYX" if config.dims == 3 else "YX"),
                                              name="test image")
             test_image = layout.to_model(test_image)[0]
         test_input = _test_input(test_image, tile, config.in_channels)
-        test_output = _expected_output(model, test_input)
+        noise = _noise_level(model, test_input)
+        opset = _write_onnx(model, tile, work / "weights.onnx", noise)
+        test_output = _expected_output(model, test_input, noise)
         np.save(work / "test_input.npy", test_input)
         np.save(work / "test_output.npy", test_output)
         _write_cover(test_input, test_output, work / "cover.png")
-        (work / "README.md").write_text(_card(model, tile, halo))
+        (work / "README.md").write_text(_card(model, tile, halo, noise))
         rdf = _description(model, tile, halo, opset, work, author, license, ModelDescr.implemented_format_version)
         _write_yaml(rdf, work / "rdf.yaml")
         described = spec.load_description(work / "rdf.yaml", perform_io_checks=True)
@@ -121,8 +122,30 @@ def export_bmz(model, path, *, author: str | None = None, license: str = "CC-BY-
     return path
 
 
-def _write_onnx(model, tile, target: Path) -> int:
-    """The network (the exported tile shape, one image) as ONNX; returns its opset version."""
+def _noise_level(model, test_input):
+    """A noise-aware network's noise channels, fixed at export: the test image's, on the zoo's normalised scale."""
+    if not model.config.noise_input:
+        return None
+    from ..noise.level import noise_features
+
+    gain, offset = (float(np.ravel(v)[0]) for v in _zoo_input_scale(model, test_input))
+    return noise_features(test_input, -offset / gain, 1 / gain)[0]
+
+
+def _with_noise(x, noise):
+    """``x`` with the fixed noise channels appended (unchanged for other networks)."""
+    import jax.numpy as jnp
+
+    if noise is None:
+        return x
+    return jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(noise, x.dtype), (*x.shape[:-1], len(noise)))], -1)
+
+
+def _write_onnx(model, tile, target: Path, noise=None) -> int:
+    """The network (the exported tile shape, one image) as ONNX; returns its opset version.
+
+    ``noise`` (noise-aware networks): the noise channels, constants of the exported graph.
+    """
     _needs("jax2onnx")
     import logging
 
@@ -133,7 +156,7 @@ def _write_onnx(model, tile, target: Path) -> int:
     network = nnx.merge(graphdef, state)  # a copy: export traces it
 
     def forward(x):
-        return network(x, conv=_conv_for_onnx)
+        return network(_with_noise(x, noise), conv=_conv_for_onnx)
 
     quiet = logging.getLogger("onnx_ir")
     level, quiet.level = quiet.level, logging.ERROR  # it warns about every shape constant it skips
@@ -200,7 +223,7 @@ def _zoo_input_scale(model, x: np.ndarray):
     return 1.0 / scale, -offset / scale
 
 
-def _expected_output(model, x: np.ndarray) -> np.ndarray:
+def _expected_output(model, x: np.ndarray, noise=None) -> np.ndarray:
     """Our network, with the zoo's pre- and postprocessing, on the test tensor (computed with JAX)."""
     import jax.numpy as jnp
 
@@ -208,7 +231,7 @@ def _expected_output(model, x: np.ndarray) -> np.ndarray:
 
     gain, offset = _zoo_input_scale(model, x)
     normalised = (x * gain + offset).astype(np.float32)
-    y = np.asarray(model.network(jnp.asarray(normalised), conv=conv_native), np.float32)
+    y = np.asarray(model.network(_with_noise(jnp.asarray(normalised), noise), conv=conv_native), np.float32)
     if not model.config.normalize_per_image:
         y = y * np.float32(model.output_norm.scale) + np.float32(model.output_norm.offset)
     return y.astype(np.float32)
@@ -288,7 +311,7 @@ def _file(work: Path, name: str) -> dict:
     return {"source": name, "sha256": hashlib.sha256((work / name).read_bytes()).hexdigest()}
 
 
-def _card(model, tile, halo) -> str:
+def _card(model, tile, halo, noise=None) -> str:
     config = model.config
     per_image = config.normalize_per_image
     return "\n".join([
@@ -303,6 +326,9 @@ def _card(model, tile, halo) -> str:
                                      "fixed statistics of the training data (`scale_linear`), exact."),
         "* Output: " + ("on the normalised scale (0 to about 1): the zoo cannot undo a per-image normalisation."
                         if per_image else "in the training targets' intensities (`scale_linear`), exact."),
+        *([f"* Noise level: fixed when exported, at the test image's (noise standard deviation {noise[0]:.4g} at "
+           f"normalised intensity 0, {noise[1]:.4g} at 1). napari-flax-denoise estimates it from every image; "
+           "export with a test image like your data."] if noise is not None else []),
         "* Not in the zoo: pixel fusion (napari-flax-denoise puts back the noisy pixel where the noise allows), "
         "test-time augmentation and the uncertainty map. For those, denoise with napari-flax-denoise itself.", "",
         "# Validation", "",

@@ -51,6 +51,7 @@ def variance_scaling(scale: float):
 
 
 _KERNEL_INIT, _HEAD_INIT = variance_scaling(2.0), variance_scaling(1.0)
+NOISE_CHANNELS = 2  # a noise_input network's extra input channels: noise std at normalised intensity 0 and 1
 
 
 def apply_conv(x: jax.Array, layer: nnx.Conv, parts=None, low=None, conv=conv_native) -> jax.Array:
@@ -184,14 +185,16 @@ class UNet(nnx.Module):
     ----------
     config : Config
         Uses ``dims``, ``depth``, ``features``, ``in_channels``,
-        ``out_channels``, ``use_blurpool`` and ``use_residual``.
+        ``out_channels``, ``noise_input``, ``use_blurpool`` and ``use_residual``.
     rngs : nnx.Rngs
         Random streams for weight initialisation.
 
     Notes
     -----
     Input and output are channels-last batches ``(N, [Z,] Y, X, C)`` whose
-    spatial sizes are multiples of ``2**depth``. Level ``i`` has
+    spatial sizes are multiples of ``2**depth``. A ``noise_input`` network
+    takes :data:`NOISE_CHANNELS` more input channels after the image's: its
+    noise level (see :mod:`~napari_flax_denoise.noise.level`). Level ``i`` has
     ``features * 2**i`` channels; the bottleneck widens to
     ``features * 2**depth`` in its middle convolution.
     """
@@ -203,7 +206,7 @@ class UNet(nnx.Module):
         self.residual = config.use_residual
         d, f = config.dims, config.features
         widths = [f * 2**i for i in range(config.depth)]
-        encoders, channels = [], config.in_channels
+        encoders, channels = [], config.in_channels + NOISE_CHANNELS * config.noise_input
         for width in widths:
             encoders.append(ConvBlock(d, channels, width, width, rngs=rngs))
             channels = width
@@ -267,8 +270,8 @@ class UNet(nnx.Module):
             else:
                 h = decoder(upsample(h, self.dims), *skip, mask=masks[level], **edge)
         out = pointwise(h, self.head)
-        if self.residual and out.shape[-1] == x.shape[-1]:
-            out = out + x
+        if self.residual and out.shape[-1] <= x.shape[-1]:  # the image channels come first
+            out = out + x[..., :out.shape[-1]]
         return out
 
 

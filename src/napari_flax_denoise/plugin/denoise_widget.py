@@ -14,6 +14,7 @@ from .._version import __version__
 from ..errors import UserInputError
 from ..inference.batch import denoise_files
 from ..inference.fusion import fusion_applies
+from ..noise.level import variance_line
 from ..inference.prediction import denoise_iter
 from . import running
 from .layers import check_axes_override, describe_axes, describe_fusion, infer_axes, layer_data, result_layer
@@ -24,6 +25,9 @@ LAYER, FOLDER = "an image layer", "a folder of files (from disk)"
 SAME_FORMAT = "same as each input"
 FUSION_TIP = ("Weigh each noisy pixel back in where the noise allows (n2v / n2v2 models and general-2d): restores "
               "detail that blind-spot models blur and that general-2d smooths at weak noise.")
+NOISE_TIP = ("Leave empty to estimate it from each image. Otherwise the noise's standard deviation in the image's "
+             "intensity units (e.g. 25), or gain,variance for photon noise (variance = gain x intensity + variance).")
+NO_NOISE_TIP = "Not for this model: it finds the noise level itself (noise-aware models, such as general-2d, take it)."
 NO_FUSION_TIP = "Not for this model: its results are on its targets' intensity scale, not the noisy image's."
 
 
@@ -71,10 +75,11 @@ class DenoiseWidget(Container):
                                 tooltip="Put a new result in place of the last one made from the same image "
                                         "instead of adding another layer.")
         self.advanced = CheckBox(text="Show advanced settings",
-                                 tooltip="Axes, pixel fusion and precision.")
+                                 tooltip="Axes, pixel fusion, noise level and precision.")
         self.axes = LineEdit(label="Axes", tooltip="Leave empty to infer. Letters: Y X (image), Z (depth), T (time), "
                                                    "C (channels), S (separate images), e.g. YX, ZYX, TYX, YXC.")
         self.fusion = CheckBox(text="Fuse with the noisy pixels", value=True, tooltip=FUSION_TIP)
+        self.noise_level = LineEdit(label="Noise level", tooltip=NOISE_TIP)
         self.precision = ComboBox(label="Precision", choices=["float32", "bfloat16"], value="float32",
                                   tooltip="bfloat16 is about twice as fast on GPUs with tensor cores, at a small "
                                           "cost in quality (a few hundredths of a dB on the bench images).")
@@ -87,7 +92,7 @@ class DenoiseWidget(Container):
         self.help = running.help_links()
         self.extend([self.source, self.image, self.input_folder, self.output_folder, self.format, self.model,
                      self.model_folder, self.info, self.tta, self.uncertainty, self.replace, self.advanced,
-                     self.axes, self.fusion, self.precision, self.defaults_button, self.run_button,
+                     self.axes, self.fusion, self.noise_level, self.precision, self.defaults_button, self.run_button,
                      self.cancel_button, self.progress, self.status, self.device, self.help])
         self.settings = Remembered("denoise", {
             "source": self.source, "format": self.format, "tta": self.tta, "uncertainty": self.uncertainty,
@@ -120,7 +125,7 @@ class DenoiseWidget(Container):
         for control in (self.input_folder, self.output_folder, self.format):
             control.visible = folder
         self.replace.visible = not folder
-        for control in (self.axes, self.fusion, self.precision):
+        for control in (self.axes, self.fusion, self.noise_level, self.precision):
             control.visible = bool(self.advanced.value)
         try:
             model = MODELS.get(self.model.value)
@@ -129,6 +134,8 @@ class DenoiseWidget(Container):
             return
         self.fusion.enabled = fusion_applies(model.config)
         self.fusion.tooltip = FUSION_TIP if self.fusion.enabled else NO_FUSION_TIP
+        self.noise_level.enabled = model.config.noise_input
+        self.noise_level.tooltip = NOISE_TIP if model.config.noise_input else NO_NOISE_TIP
         if folder:
             self.info.value = "Each file's axes come from the file (or Axes, under advanced settings)."
             return
@@ -144,7 +151,8 @@ class DenoiseWidget(Container):
         try:
             model = MODELS.get(self.model.value)
             options = dict(tta=bool(self.tta.value or self.uncertainty.value), precision=self.precision.value,
-                           fusion=bool(self.fusion.value) and fusion_applies(model.config))
+                           fusion=bool(self.fusion.value) and fusion_applies(model.config),
+                           noise_level=self._noise_level(model))
             if self.source.value == FOLDER:
                 job, args, kwargs, on_return = self._folder_job(model)
             else:
@@ -156,6 +164,14 @@ class DenoiseWidget(Container):
         self.worker = running.start(
             job, *args, owner=self, action="Denoising", on_yield=self._on_progress, on_return=on_return,
             on_finish=self._finished, **options, **kwargs)
+
+    def _noise_level(self, model):
+        """The noise level typed under advanced settings (None: estimated from each image), checked."""
+        text = self.noise_level.value.strip()
+        if not text or not model.config.noise_input:
+            return None
+        variance_line(text)  # a clear message for a typo, before anything starts
+        return text
 
     def _layer_job(self, model, options):
         layer = self.image.value

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from ..config import Config
+from ..noise.level import estimate_line, features
 from ..io.limits import available_memory
 from ..models.normalization import Normalization
 from ..runtime.backend import active
@@ -51,7 +52,8 @@ class TrainingData:
         input_norm, output_norm, per_input, per_target = _normalise(xs, ts, config)
         patch_shape = fit_patch_shape([x.shape[1:-1] for x in xs], config.patch_size, 2**config.depth)
         splits = [split_rows(x.shape[-3], patch_shape[-2], config.val_fraction) for x in xs]
-        common = dict(patch_shape=patch_shape, input_norms=per_input, target_norms=per_target)
+        noise = _noise(xs, per_input) if config.noise_input else None
+        common = dict(patch_shape=patch_shape, input_norms=per_input, target_norms=per_target, noise=noise)
         train = PatchSampler(xs, ts, rows=[s[0] for s in splits], augment=config.augment, seed=config.seed, **common)
         val = []
         if config.val_fraction > 0:
@@ -59,9 +61,8 @@ class TrainingData:
             val = [sampler.sample(config.batch_size) for _ in range(VALIDATION_BATCHES)]
         device = None
         if active().resident_training:
-            device = device_patches(xs, ts, rows=[s[0] for s in splits], input_norms=per_input,
-                                    target_norms=per_target, patch_shape=patch_shape, weights=train.weights,
-                                    augment=config.augment, budget=_data_budget())
+            device = device_patches(xs, ts, rows=[s[0] for s in splits], weights=train.weights,
+                                    augment=config.augment, budget=_data_budget(), **common)
         return cls(train, val, input_norm, output_norm, patch_shape, device)
 
     def validation_loss(self, eval_step, params, key) -> float:
@@ -70,6 +71,12 @@ class TrainingData:
         losses = [eval_step(params, x, x if y is None else y, jax.random.fold_in(key, i))
                   for i, (x, y) in enumerate(self.val)]
         return float(np.mean([float(loss) for loss in losses]))
+
+
+def _noise(xs, norms) -> np.ndarray:
+    """Per image, a noise-aware network's noise channels, estimated from its first plane."""
+    return np.array([features(estimate_line(np.asarray(x[0][..., 0])), n.offset[0], n.scale[0])
+                     for x, n in zip(xs, norms)], np.float32)
 
 
 def _data_budget() -> int:

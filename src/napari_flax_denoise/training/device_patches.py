@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..noise.level import with_noise
+
 # Flat indices are int32 (JAX's default): larger training sets stay on the host.
 _MAX_ELEMENTS = 2**31 - 1
 
@@ -104,7 +106,7 @@ def _augmented(grid, patch, k_flip, k_turn):
 
 
 def device_patches(images, targets, *, rows, input_norms, target_norms, patch_shape, weights, augment,
-                   budget: int | None):
+                   budget: int | None, noise=None):
     """Normalise in-memory training images once and put them on the device, or return None.
 
     Parameters
@@ -115,6 +117,8 @@ def device_patches(images, targets, *, rows, input_norms, target_norms, patch_sh
         As the host sampler's.
     budget : int or None
         Bytes the buffers may take; None: no limit known.
+    noise : ndarray, optional
+        Per image, a noise-aware network's noise channels, stored with its pixels.
 
     Returns
     -------
@@ -126,15 +130,18 @@ def device_patches(images, targets, *, rows, input_norms, target_norms, patch_sh
     if any(type(a) is not np.ndarray for a in arrays):  # lazy, or a memory map: read patch by patch on the host
         return None
     pixels = sum(int(np.prod(a.shape[:-1], dtype=np.int64)) for a in images)
-    size = sum(a.size for a in arrays) * 4
-    if pixels * max(a.shape[-1] for a in arrays) > _MAX_ELEMENTS or (budget is not None and size > budget):
+    extra = 0 if noise is None else noise.shape[-1]
+    size = (sum(a.size for a in arrays) + pixels * extra) * 4
+    if pixels * (max(a.shape[-1] for a in arrays) + extra) > _MAX_ELEMENTS or (budget is not None and size > budget):
         return None
     starts = np.cumsum([0] + [int(np.prod(a.shape[:-1])) for a in images])[:-1]
     plan = PatchPlan(tuple(tuple(int(s) for s in a.shape[:-1]) for a in images), tuple(int(s) for s in starts),
                      tuple(tuple(int(r) for r in row) for row in rows), tuple(float(w) for w in weights),
                      tuple(int(p) for p in patch_shape), bool(augment))
 
-    def flat(arrays, norms):
-        return jnp.asarray(np.concatenate([n.apply(a).reshape(-1, a.shape[-1]) for a, n in zip(arrays, norms)]))
+    def flat(arrays, norms, noise=None):
+        parts = [n.apply(a) if noise is None else with_noise(n.apply(a), np.broadcast_to(level, (len(a), len(level))))
+                 for a, n, level in zip(arrays, norms, [None] * len(arrays) if noise is None else noise)]
+        return jnp.asarray(np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts]))
 
-    return plan, (flat(images, input_norms), None if targets is None else flat(targets, target_norms))
+    return plan, (flat(images, input_norms, noise), None if targets is None else flat(targets, target_norms))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserInputError
+from ..noise.level import with_noise
 
 
 def split_rows(height: int, patch: int, val_fraction: float) -> tuple[tuple[int, int], tuple[int, int] | None]:
@@ -59,11 +60,14 @@ class PatchSampler:
     augment : bool
         Random flips along every spatial axis and 90 degree rotations in YX.
     seed : int
+    noise : ndarray, optional
+        Per image, the noise channels of a noise-aware network
+        (:mod:`~napari_flax_denoise.noise.level`), appended to its patches.
     """
 
     def __init__(self, images, targets, *, patch_shape, rows, input_norms, target_norms=None,
-                 augment=True, seed=0):
-        self.images, self.targets = images, targets
+                 augment=True, seed=0, noise=None):
+        self.images, self.targets, self.noise = images, targets, noise
         self.patch_shape = tuple(patch_shape)
         self.rows = rows
         self.input_norms, self.target_norms = input_norms, target_norms
@@ -86,9 +90,10 @@ class PatchSampler:
 
     def sample(self, batch_size: int):
         """Return ``(inputs, targets)`` float32 batches ``(B, *patch_shape, C)``; targets may be None."""
-        inputs, targets = [], []
+        inputs, targets, chosen = [], [], []
         for _ in range(batch_size):
             which = self.rng.choice(len(self.images), p=self.weights)
+            chosen.append(which)
             image = self.images[which]
             n = self.rng.integers(image.shape[0])
             starts = []
@@ -108,6 +113,8 @@ class PatchSampler:
             if batch is not None and not np.all(np.isfinite(batch)):  # lazy inputs are checked as they are read
                 raise UserInputError(f"A {name} contains NaN or infinite values; replace them (e.g. with the "
                                      "median) before training.")
+        if self.noise is not None:
+            x = with_noise(x, self.noise[chosen])
         return x, y
 
     def _augment(self, patch, flips, turns):

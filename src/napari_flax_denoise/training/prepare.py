@@ -59,7 +59,8 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
             )
         # Explicit flags: the architecture must not change with the algorithm.
         arch.update(depth=base.depth, features=base.features, blurpool=base.use_blurpool,
-                    residual=base.use_residual, normalize_per_image=base.normalize_per_image)
+                    residual=base.use_residual, normalize_per_image=base.normalize_per_image,
+                    noise_input=base.noise_input)
     return config.replace(**arch)
 
 

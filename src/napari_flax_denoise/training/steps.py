@@ -51,11 +51,14 @@ def loss_fn(network, inputs, targets, key, config: Config, profile: Profile | No
             return route(net, batch.astype(jnp.bfloat16)).astype(jnp.float32)
         return route(net, batch)
 
-    if config.self_supervised:
-        masked, index = blind_spot_mask(key, inputs, mask_fraction=config.mask_fraction,
+    if config.self_supervised:  # only the image's channels are masked, not a noise-aware network's noise level
+        image, noise = inputs[..., :config.in_channels], inputs[..., config.in_channels:]
+        masked, index = blind_spot_mask(key, image, mask_fraction=config.mask_fraction,
                                         median=config.algorithm == "n2v2")
+        if noise.shape[-1]:
+            masked = jnp.concatenate([masked, noise], axis=-1)
         prediction = gather_pixels(forward(network, masked), index)
-        return jnp.mean((prediction - gather_pixels(inputs, index)) ** 2)
+        return jnp.mean((prediction - gather_pixels(image, index)) ** 2)
     error = forward(network, inputs) - targets
     return jnp.mean(error**2) if config.loss == "mse" else jnp.mean(jnp.abs(error))
 

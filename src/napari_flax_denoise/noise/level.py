@@ -1,0 +1,88 @@
+"""The noise level a noise-aware network takes as input (``Config.noise_input``).
+
+A noise-aware network gets, after the image's channel, two constant channels:
+the noise's standard deviation at the bottom and at the top of the image's
+normalised intensity range (0 and 1). Between them the variance is a line in
+the intensity, which covers constant (Gaussian) noise and photon noise alike.
+The level is estimated from the image itself (:func:`.line.noise_line` on a
+few crops, with the noisy image as its own intensity reference), or given by
+the user as a standard deviation or a line, in the image's intensity units.
+Being constant over the image, the channels leave tiling exact and carry no
+pixel's value, so blind-spot training can use them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..errors import UserInputError
+from .line import noise_line
+
+_CROP = {2: 128, 3: 48}  # crop edge per spatial dimension
+_CROPS_PER_AXIS = {2: 4, 3: 2}
+
+
+def variance_line(level) -> tuple[float, float]:
+    """A user's noise level as the variance line ``(a, b)``: ``variance = a * intensity + b``.
+
+    Parameters
+    ----------
+    level : float or (float, float)
+        A standard deviation (constant noise), or ``(gain, variance)``: photon
+        noise of ``gain`` intensity units per photon plus a constant
+        ``variance`` (read noise; negative when the camera adds an offset).
+    """
+    if isinstance(level, str):
+        try:
+            level = [float(part) for part in level.split(",")]
+        except ValueError:
+            level = None
+        if level is not None and len(level) == 1:
+            level = level[0]
+    if isinstance(level, (int, float, np.integer, np.floating)) and np.isfinite(level) and level >= 0:
+        return 0.0, float(level) ** 2
+    if (isinstance(level, (tuple, list)) and len(level) == 2 and all(np.isfinite(v) for v in level)
+            and level[0] >= 0):
+        return float(level[0]), float(level[1])
+    raise UserInputError(f"The noise level must be a standard deviation (e.g. 25) or a gain and a variance "
+                         f"(e.g. 2.5,-80), in the image's intensity units, not {level!r}.")
+
+
+def estimate_line(image: np.ndarray) -> tuple[float, float]:
+    """The noise variance line ``(a, b)`` of one raw image (spatial axes only), from up to 16 crops."""
+    edge, most = _CROP.get(image.ndim, 48), _CROPS_PER_AXIS.get(image.ndim, 2)
+    spans = []
+    for size in image.shape:
+        side = min(size, edge)
+        starts = np.linspace(0, size - side, min(most, max(size // edge, 1))).round().astype(int)
+        spans.append([slice(int(start), int(start) + side) for start in starts])
+    crops = [np.asarray(image[index], np.float64) for index in itertools.product(*spans)]
+    return noise_line(crops, crops)
+
+
+def features(line, offset: float, scale: float) -> tuple[float, float]:
+    """The network's two noise channels for variance line ``line`` (image units) and normalisation ``(x - offset) / scale``."""
+    a, b = line
+    at = [(a * (offset + scale * level) + b) / scale**2 for level in (0.0, 1.0)]
+    return tuple(float(np.sqrt(max(v, 0.0))) for v in at)
+
+
+def noise_features(images: np.ndarray, offset: float, scale: float, level=None) -> np.ndarray:
+    """``(N, 2)`` noise channels for raw model-layout one-channel ``images`` ``(N, *spatial, 1)``.
+
+    ``level`` (optional, image units, see :func:`variance_line`) is used for
+    every image instead of an estimate of each one's own.
+    """
+    given = None if level is None else variance_line(level)
+    return np.array([features(given or estimate_line(image[..., 0]), offset, scale) for image in images],
+                    np.float32)
+
+
+def with_noise(images: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Normalised ``images`` ``(N, *spatial, C)`` with each one's noise channels ``noise[n]`` appended."""
+    spatial = images.shape[1:-1]
+    planes = np.broadcast_to(noise.reshape(len(noise), *[1] * len(spatial), -1).astype(images.dtype),
+                             (*images.shape[:-1], noise.shape[-1]))
+    return np.concatenate([images, planes], axis=-1)
