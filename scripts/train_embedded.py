@@ -7,9 +7,13 @@
     python scripts/train_embedded.py --card-only   # rewrite the card from the saved metrics
     python scripts/train_embedded.py --evaluate-only   # measure the shipped model again, rewrite the card
 
-The shipped ``general-2d`` is two runs: ``--output /tmp/base`` (3000 steps
+The shipped ``general-2d`` is three runs: ``--output /tmp/base`` (3000 steps
 at the CLI's peak learning rate, about 30 minutes), then ``--init /tmp/base
---learning-rate 5e-4`` (3000 more, about 60 minutes on a busy machine).
+--learning-rate 5e-4 --output /tmp/longer`` (3000 more, about 60 minutes on a
+busy machine), then ``--init /tmp/longer --noise-input --steps 4000
+--learning-rate 5e-4`` (about 25 minutes), which makes it noise-aware: the
+network also takes the image's noise level (estimated from each image), and
+starts that run as the model it widens (zero weights on the new input).
 
 Data: clean greyscale images bundled with scikit-image (natural photos,
 textures, text, an astronomy field, a retina fundus, histology), each with
@@ -156,6 +160,15 @@ def medical_note() -> str:
             f"(table: `bench/medical.md`).\n\n")
 
 
+def noise_note(info: dict) -> str:
+    """The card's words on a noise-aware model's extra input."""
+    if not info["config"].get("noise_input"):
+        return ""
+    return ("\n* **Noise-aware**: the network also takes the noise level, estimated from each image (the variance "
+            "line of `noise/line.py`, so photon noise is covered); `--noise-level` (CLI), `noise_level=` (Python) "
+            "or the Denoise widget's Noise level give it instead.")
+
+
 def card(output: Path, rows: list[dict], start: str | None = None) -> None:
     """Write the model card; ``start`` is the starting model's ``training_record``."""
     info = json.loads((output / "model.json").read_text())
@@ -168,12 +181,15 @@ def card(output: Path, rows: list[dict], start: str | None = None) -> None:
         if history != stage(info) else ""
     gain = np.mean([r["general-2d"] - r["nlm"] for r in rows])
     plain = "general-2d without fusion"
-    fused = all(plain in r for r in rows)  # metrics from before fusion was the default have one column
-    table = "\n".join(f"| {r['image']} | {r['noisy']:.2f} | {r['nlm']:.2f} | "
-                      + (f"{r[plain]:.2f} | " if fused else "") + f"{r['general-2d']:.2f} |" for r in rows)
-    header = ("| image and noise | noisy | non-local means | general-2d without fusion | general-2d |\n"
-              "|---|---|---|---|---|" if fused else
-              "| image and noise | noisy | non-local means | general-2d |\n|---|---|---|---|")
+    columns = [("noisy", "noisy"), ("nlm", "non-local means"), ("previous", "the model it replaced"),
+               (plain, plain), ("general-2d", "general-2d")]
+    columns = [(key, name) for key, name in columns if all(key in r for r in rows)]  # older metrics lack some
+    header = ("| image and noise | " + " | ".join(name for _, name in columns) + " |\n|---|"
+              + "---|" * len(columns))
+    table = "\n".join(f"| {r['image']} | " + " | ".join(f"{r[key]:.2f}" for key, _ in columns) + " |" for r in rows)
+    fused = any(key == plain for key, _ in columns)
+    replaced = (f"Mean gain over the model it replaced: **{np.mean([r['general-2d'] - r['previous'] for r in rows]):+.2f} "
+                "dB**.\n\n" if all("previous" in r for r in rows) else "")
     losses = [r["image"] for r in rows if r["general-2d"] < r["nlm"]]
     worse = [r["image"] for r in rows if r["general-2d"] < r["noisy"]]
     limits = (f"Behind non-local means on: {', '.join(losses) or 'none'}. "
@@ -188,7 +204,7 @@ def card(output: Path, rows: list[dict], start: str | None = None) -> None:
   Gaussian or Poisson-Gaussian noise of unknown strength; 3D stacks are
   denoised plane by plane. Every image is normalised on its own, so any
   intensity range works. `flax-denoise denoise IMAGE --output OUT` uses it
-  when no `--model` is given; fine-tune it with `--init general-2d`.
+  when no `--model` is given; fine-tune it with `--init general-2d`.{noise_note(info)}
 * **Network**: U-Net, depth {info['config']['depth']}, {info['config']['features']} features{
     ", residual (it predicts a correction added to the input)" if info['config']['residual'] else ""}, trained
   supervised (`care`, MSE) with batches of {info['config']['batch_size']} patches of
@@ -204,7 +220,7 @@ def card(output: Path, rows: list[dict], start: str | None = None) -> None:
 ## Measured (held-out images, PSNR in dB against the clean image)
 
 Mean gain over non-local means (scikit-image, sigma estimated): **{gain:+.2f} dB**.
-
+{replaced}
 {limits}
 
 {medical_note()}{header}

@@ -67,7 +67,9 @@ def test_a_noise_aware_copy_starts_as_the_model_it_widens(plain_and_aware, noisy
     assert not plain.config.noise_input and aware.config.noise_input
     kernel = aware.network.encoders[0].conv1.kernel[...]
     assert kernel.shape[-2] == 3 and not np.any(np.asarray(kernel[..., 1:, :]))
-    np.testing.assert_allclose(denoise(noisy, aware, axes="YX"), denoise(noisy, plain, axes="YX"), atol=1e-3)
+    for fusion in (False, True):  # fusion probes the network too: with the noise channels
+        np.testing.assert_allclose(denoise(noisy, aware, axes="YX", fusion=fusion),
+                                   denoise(noisy, plain, axes="YX", fusion=fusion), atol=1e-3)
     # Saved and loaded, it stays noise-aware; the plain one (an old-style model) loads as it was.
     assert load_model(save_model(aware, tmp_path / "aware")).config.noise_input
     assert not load_model(save_model(plain, tmp_path / "plain")).config.noise_input

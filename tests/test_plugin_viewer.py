@@ -159,6 +159,24 @@ def test_settings_are_remembered_restored_and_a_result_replaced(viewer, denoiser
     assert all(w.tooltip for w in every), [w.label for w in every if not w.tooltip]
 
 
+def test_the_noise_level_field_serves_noise_aware_models(viewer, denoiser, qtbot, tiny_model, noisy):
+    from napari_flax_denoise.models.checkpoint import with_noise_input
+
+    denoiser.image.value = viewer.add_image(noisy, name="noisy")
+    denoiser.advanced.value = True
+    assert not denoiser.noise_level.enabled  # tiny finds the noise itself
+    aware = with_noise_input(tiny_model)
+    denoiser.model.value = MODELS.add("tiny aware", aware)
+    assert denoiser.noise_level.enabled
+    denoiser.noise_level.value = "loud"
+    assert any("noise level must be" in m for m in _errors_after(denoiser.run_button.native.click))
+    denoiser.noise_level.value = "25"
+    _run(qtbot, denoiser, denoiser.run_button)
+    result = viewer.layers["noisy denoised"]
+    assert result.metadata["napari_flax_denoise"]["noise_level"] == "25"
+    np.testing.assert_allclose(result.data, denoise(noisy, aware, axes="YX", noise_level=25), atol=1e-4)
+
+
 def _errors_after(action):
     seen = len(notification_manager.records)
     action()

@@ -66,7 +66,7 @@ _CROPS = 4
 _MIN_BIN_WIDTH = 8.0
 
 
-def divergence(network, images, *, seed: int = 0) -> float:
+def divergence(network, images, *, seed: int = 0, noise=None) -> float:
     """Mean derivative of each output pixel with respect to the same input pixel.
 
     Hutchinson's estimate: ``mean(b * J^T b)`` for a random +-1 probe ``b``,
@@ -80,6 +80,9 @@ def divergence(network, images, *, seed: int = 0) -> float:
         Normalised images in the model's layout.
     seed : int
         Seed of the patch positions and the probe.
+    noise : ndarray, shape (N, 2), optional
+        A noise-aware network's noise channels for each image (held fixed:
+        ``D`` is the derivative with respect to the image's pixel).
 
     Returns
     -------
@@ -93,22 +96,28 @@ def divergence(network, images, *, seed: int = 0) -> float:
     short = [max(edge - s, 0) for s in images.shape[1:-1]]
     if any(short):  # small images: mirror up to one patch
         images = np.pad(images, [(0, 0)] + [(0, s) for s in short] + [(0, 0)], mode="symmetric")
-    patches = []
+    patches, levels = [], []
     for _ in range(count):
         n = rng.integers(images.shape[0])
         corner = [rng.integers(s - edge + 1) for s in images.shape[1:-1]]
         patches.append(images[(n, *(slice(c, c + edge) for c in corner))])
+        levels.append(None if noise is None else noise[n])
     patches = np.stack(patches).astype(np.float32)
     probe = rng.choice(np.array([-1.0, 1.0], np.float32), patches.shape)
     graphdef, state = nnx.split(network)
-    product = np.asarray(_probe(graphdef, active().convolution, state, patches, probe))
+    levels = None if noise is None else np.stack(levels).astype(np.float32)
+    product = np.asarray(_probe(graphdef, active().convolution, state, patches, probe, levels))
     inner = (slice(None), *(slice(_BORDER, edge - _BORDER),) * dims)
     return float(product[inner].mean())
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _probe(graphdef, conv, state, patches, probe):
+def _probe(graphdef, conv, state, patches, probe, levels=None):
     def apply(x):
+        if levels is not None:  # constant channels after the image's
+            planes = jnp.broadcast_to(levels.reshape(len(levels), *[1] * (x.ndim - 2), -1),
+                                      (*x.shape[:-1], levels.shape[-1]))
+            x = jnp.concatenate([x, planes], axis=-1)
         return nnx.merge(graphdef, state)(x, conv=conv)
 
     _, pull_back = jax.vjp(apply, jnp.asarray(patches))  # reverse mode: our convolutions define only that
@@ -295,7 +304,7 @@ def fusion_applies(config) -> bool:
 
 
 def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.ndarray | None = None,
-                blind: bool = True, noisy: np.ndarray | None = None, units=1.0):
+                blind: bool = True, noisy: np.ndarray | None = None, units=1.0, noise=None):
     """:func:`fuse` every image and channel of a batch, in place.
 
     Parameters
@@ -317,6 +326,8 @@ def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.nd
         The output scale divided by the input scale, per channel: one step
         of the input is ``1 / units`` steps of ``noisy``, which rescales
         ``D``.
+    noise : ndarray, shape (N, 2), optional
+        A noise-aware network's noise channels for each image.
 
     Returns
     -------
@@ -328,7 +339,7 @@ def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.nd
     weights = []
     for n in range(images.shape[0]):
         # Image by image, so that a stack gives the same result whole or plane by plane.
-        centre_weight = divergence(network, images[n:n + 1])
+        centre_weight = divergence(network, images[n:n + 1], noise=None if noise is None else noise[n:n + 1])
         for c in range(images.shape[-1]):
             at = (n, ..., c)
             predictions[at], weight = fuse(noisy[at], predictions[at], centre_weight * units[c], blind)

@@ -227,7 +227,8 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         same = input_norm == output_norm  # n2v / n2v2 and per-image models: no copy of a large stack
         noisy = x if same else output_norm.apply(input_norm.undo(x))
         units = 1.0 if same else np.float32(output_norm.scale) / np.float32(input_norm.scale)
-        weight = fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy, units=units)
+        weight = fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy, units=units,
+                             noise=noise)
         if report is not None:
             report.setdefault("fusion_weights", []).append(weight)
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)

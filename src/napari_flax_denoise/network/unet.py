@@ -250,6 +250,9 @@ class UNet(nnx.Module):
         training keeps the upsampled copy, whose convolution gradients have a
         faster route on CPU (see :mod:`~napari_flax_denoise.runtime.cpu.convolution`).
         """
+        expected = self.encoders[0].conv1.in_features
+        if x.shape[-1] != expected:  # a narrower input would use only part of the first kernel, silently
+            raise ValueError(f"This network takes {expected} input channels, not {x.shape[-1]}.")
         if masks is None:
             masks = [None] * (self.depth + 1) if valid is None else valid_masks(valid, x.shape[1:-1], self.depth)
             pooled_masks = [None] * (self.depth + 1)  # pooling zeros beyond a valid corner by itself
