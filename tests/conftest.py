@@ -18,13 +18,18 @@ CORE = {"test_backend", "test_resident", "test_prediction", "test_training", "te
 
 
 def pytest_configure(config):
-    """The command lines and training children the tests start keep compiled programs in one folder
-    of this session (see runtime.compile_cache), not in the user's cache."""
+    """The command lines and training children the tests start, and this process, keep compiled programs
+    in one folder of this session (see runtime.compile_cache), not in the user's cache."""
     config.addinivalue_line("markers", "core: tests whose path depends on the backend profile (run twice in CI)")
     config.addinivalue_line("markers", "float32: compare at float32 precision (no TF32 on accelerators)")
     config.addinivalue_line("markers", "slow: left out of the accelerator profile's second run")
     config.xla_cache = tempfile.mkdtemp(prefix="flax-denoise-tests-xla-")
     os.environ["NAPARI_FLAX_DENOISE_CACHE"] = config.xla_cache
+    # This process shares that folder too: tests build the same small networks again and again, in new
+    # jitted functions that compiled them anew (test_training + test_prediction: 191 s -> 178 s).
+    from napari_flax_denoise.runtime.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -80,7 +85,12 @@ def tiny_model(noisy, tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "tiny"
     config = tiny_config.replace(features=16, batch_size=16, epochs=4, steps_per_epoch=15,
                                  learning_rate=3e-3, mask_fraction=0.04)
-    return train(noisy, axes="YX", config=config, output=out).model
+    # Always by the CPU profile: the same model for both runs of the suite, made in a few seconds (the
+    # accelerator profile's training route, 7x slower on a CPU, is tested by test_training itself).
+    from napari_flax_denoise import use_backend
+
+    with use_backend("cpu"):
+        return train(noisy, axes="YX", config=config, output=out).model
 
 
 class RecordingArray:
