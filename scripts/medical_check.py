@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train_embedded import pairs, train
+from train_embedded import pairs, train, training_record
 
 ROOT = Path(__file__).resolve().parent.parent
 ITK = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
@@ -105,7 +105,8 @@ def main(argv=None):
         rows = score(tuned)
     out = ROOT / "bench"
     (out / "medical.json").write_text(json.dumps({"steps": args.steps, "learning_rate": args.learning_rate,
-                                                  "train": TRAIN, "rows": rows}, indent=1))
+                                                  "train": TRAIN, "model_record": training_record("general-2d"),
+                                                  "rows": rows}, indent=1))
     (out / "medical.md").write_text(report(rows, args.steps, args.learning_rate))
     print((out / "medical.md").read_text())
 
