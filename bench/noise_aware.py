@@ -114,7 +114,8 @@ def main(argv=None):
             def psnr(result):
                 return round(score(result, clean[image], data_range=255)["psnr"], 3)
 
-            row = {"image": image, "noise": noise, "noisy": psnr(noisy), "model": psnr(denoise(noisy, args.model, axes="YX"))}
+            row = {"image": image, "noise": noise, "noisy": psnr(noisy),
+                   "model": psnr(denoise(noisy, args.model, axes="YX"))}
             if args.previous:
                 row["previous"] = psnr(denoise(noisy, args.previous, axes="YX"))
             if f"{image}/{noise}" in bm3d:

@@ -16,10 +16,9 @@ from conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def plain_and_aware(noisy, clean, tiny_config):
-    """A trained model without a noise input, and its noise-aware copy."""
-    plain = train(noisy, axes="YX", config=tiny_config.replace(algorithm="care", epochs=1), targets=clean).model
-    return plain, with_noise_input(plain)
+def plain_and_aware(tiny_model):
+    """The session's trained model (no noise input), and its noise-aware copy."""
+    return tiny_model, with_noise_input(tiny_model)
 
 
 def test_a_noise_aware_copy_starts_as_the_model_it_widens(plain_and_aware, noisy, tmp_path):

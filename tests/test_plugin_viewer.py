@@ -174,6 +174,7 @@ def test_the_noise_level_field_serves_noise_aware_models(viewer, denoiser, qtbot
     _run(qtbot, denoiser, denoiser.run_button)
     result = viewer.layers["noisy denoised"]
     assert result.metadata["napari_flax_denoise"]["noise_level"] == "25"
+    assert "noise σ ≈ 25, as given" in denoiser.status.value
     np.testing.assert_allclose(result.data, denoise(noisy, aware, axes="YX", noise_level=25), atol=1e-4)
 
 

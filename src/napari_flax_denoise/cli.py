@@ -263,7 +263,8 @@ def _denoise_on_cluster(args, opened, options):
     image, spacing = opened.image, opened.spacing
     with client:
         lazy = denoise_lazily(image, opened.model, axes=opened.axes,
-                              **{k: options[k] for k in ("tile_shape", "tta", "fusion", "precision", "noise_level")})
+                              **{k: options[k] for k in ("tile_shape", "tta", "fusion", "precision",
+                                                         "noise_level")})
         if str(args.output).lower().endswith(".zarr"):  # the workers write their planes straight to the store
             import dask.array as da
 

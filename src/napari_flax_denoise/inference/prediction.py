@@ -26,12 +26,12 @@ from ..errors import UserInputError
 from ..models.checkpoint import TrainedModel, resolve_model
 from ..models.normalization import Normalization
 from ..network.unet import halo as network_halo
+from ..noise.level import noise_features, variance_line, with_noise
 from ..progress import Progress, drive, relay
 from ..runtime.backend import active
 from ..runtime.devices import Placement, default_batch_size
 from .augmentation import tta_mean_std
 from .fusion import fuse_images, fusion_applies
-from ..noise.level import noise_features, variance_line, with_noise
 from .resident import apply_network, predict_resident
 from .tiling import check_tiling, default_tile_shape, edge_margin, tile_spans
 
@@ -96,7 +96,9 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     network: ``"fusion_weights"``, the mean weight fusion gave the noisy
     pixels, per image or plane (0: the prediction unchanged); for a
     noise-aware model, ``"noise_levels"``, the noise channels it was given
-    per image or plane (standard deviations at normalised intensity 0 and 1).
+    per image or plane (standard deviations at normalised intensity 0 and 1),
+    and ``"noise_sigmas"``, the same as one standard deviation in the
+    image's intensity units (their root mean square).
     """
     model = resolve_model(model)
     if noise_level is not None:
@@ -210,6 +212,8 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     x = input_norm.apply(x)
     if noise is not None and report is not None:
         report.setdefault("noise_levels", []).extend(noise.tolist())
+        sigma = np.sqrt(np.mean(np.square(noise, dtype=np.float64), axis=1)) * input_norm.scale[0]
+        report.setdefault("noise_sigmas", []).extend(sigma.tolist())
     if tile_shape is None:
         tile_shape = default_tile_shape(layout.spatial_shape, config)
     tile_shape, halos = check_tiling(tile_shape, overlap, layout.spatial_shape, config)

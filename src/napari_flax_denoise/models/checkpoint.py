@@ -265,4 +265,3 @@ def with_noise_input(model: TrainedModel) -> TrainedModel:
     params = jax.tree_util.tree_map_with_path(widened, like)
     info = {k: v for k, v in model.info.items() if k != "path"}
     return TrainedModel(config, nnx.merge(graphdef, params), model.input_norm, model.output_norm, info)
-

@@ -63,7 +63,8 @@ def estimate_line(image: np.ndarray) -> tuple[float, float]:
 
 
 def features(line, offset: float, scale: float) -> tuple[float, float]:
-    """The network's two noise channels for variance line ``line`` (image units) and normalisation ``(x - offset) / scale``."""
+    """The network's two noise channels for the variance line ``line`` (image units) and the
+    normalisation ``(x - offset) / scale``: the noise's standard deviation at normalised 0 and 1."""
     a, b = line
     at = [(a * (offset + scale * level) + b) / scale**2 for level in (0.0, 1.0)]
     return tuple(float(np.sqrt(max(v, 0.0))) for v in at)

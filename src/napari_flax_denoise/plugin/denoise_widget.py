@@ -14,10 +14,11 @@ from .._version import __version__
 from ..errors import UserInputError
 from ..inference.batch import denoise_files
 from ..inference.fusion import fusion_applies
-from ..noise.level import variance_line
 from ..inference.prediction import denoise_iter
+from ..noise.level import variance_line
 from . import running
-from .layers import check_axes_override, describe_axes, describe_fusion, infer_axes, layer_data, result_layer
+from .layers import (check_axes_override, describe_axes, describe_fusion, describe_noise, infer_axes, layer_data,
+                     result_layer)
 from .registry import MODELS
 from .settings import Remembered
 
@@ -231,6 +232,8 @@ class DenoiseWidget(Container):
         fusion, weights = describe_fusion(report), report.get("fusion_weights")
         if weights:
             settings = {**settings, "fusion_weight": float(sum(weights) / len(weights))}
+        if report.get("noise_sigmas"):
+            settings = {**settings, "noise_sigma": float(sum(report["noise_sigmas"]) / len(report["noise_sigmas"]))}
         same_scale = settings["algorithm"] != "care"  # care answers on its targets' scale, not the input's
         for data, name, contrast in ((denoised, f"{layer.name} denoised", same_scale),
                                      (std, f"{layer.name} uncertainty", False)):
@@ -246,7 +249,8 @@ class DenoiseWidget(Container):
                     self.viewer.layers.move(self.viewer.layers.index(added), index)
             else:
                 self.viewer.add_image(data, **kwargs)
-        self.status.value = f"Done: '{layer.name} denoised' ({fusion})."
+        noise = describe_noise(report, settings.get("noise_level") is not None)
+        self.status.value = f"Done: '{layer.name} denoised' ({fusion}{'; ' + noise if noise else ''})."
 
     def _report_files(self, result, folder):
         count = len(result.written) + len(result.failed)

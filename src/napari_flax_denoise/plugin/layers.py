@@ -121,6 +121,14 @@ def describe_fusion(report: dict) -> str:
     return f"fusion put back {100 * mean:.0f}% of the noisy pixels on average"
 
 
+def describe_noise(report: dict, given: bool) -> str:
+    """The noise level a noise-aware model was given, in words (empty for other models)."""
+    sigmas = report.get("noise_sigmas")
+    if not sigmas:
+        return ""
+    return f"noise σ ≈ {sum(sigmas) / len(sigmas):.3g}, {'as given' if given else 'estimated'}"
+
+
 def check_axes_override(text: str, layer) -> str | None:
     """Validate an axes override typed by the user; empty means "infer"."""
     text = (text or "").strip()

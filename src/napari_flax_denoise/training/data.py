@@ -8,9 +8,9 @@ import jax
 import numpy as np
 
 from ..config import Config
-from ..noise.level import estimate_line, features
 from ..io.limits import available_memory
 from ..models.normalization import Normalization
+from ..noise.level import estimate_line, features
 from ..runtime.backend import active
 from ..runtime.devices import memory_budget
 from .device_patches import device_patches

@@ -140,8 +140,9 @@ def device_patches(images, targets, *, rows, input_norms, target_norms, patch_sh
                      tuple(int(p) for p in patch_shape), bool(augment))
 
     def flat(arrays, norms, noise=None):
-        parts = [n.apply(a) if noise is None else with_noise(n.apply(a), np.broadcast_to(level, (len(a), len(level))))
-                 for a, n, level in zip(arrays, norms, [None] * len(arrays) if noise is None else noise)]
+        parts = [n.apply(a) for a, n in zip(arrays, norms)]
+        if noise is not None:  # every plane of an image gets the image's level
+            parts = [with_noise(p, np.broadcast_to(level, (len(p), len(level)))) for p, level in zip(parts, noise)]
         return jnp.asarray(np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts]))
 
     return plan, (flat(images, input_norms, noise), None if targets is None else flat(targets, target_norms))
