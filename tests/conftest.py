@@ -18,18 +18,13 @@ CORE = {"test_backend", "test_resident", "test_prediction", "test_training", "te
 
 
 def pytest_configure(config):
-    """The command lines and training children the tests start, and this process, keep compiled programs
-    in one folder of this session (see runtime.compile_cache), not in the user's cache."""
+    """The command lines and training children the tests start keep compiled programs in one folder
+    of this session (see runtime.compile_cache), not in the user's cache."""
     config.addinivalue_line("markers", "core: tests whose path depends on the backend profile (run twice in CI)")
     config.addinivalue_line("markers", "float32: compare at float32 precision (no TF32 on accelerators)")
     config.addinivalue_line("markers", "slow: left out of the accelerator profile's second run")
     config.xla_cache = tempfile.mkdtemp(prefix="flax-denoise-tests-xla-")
     os.environ["NAPARI_FLAX_DENOISE_CACHE"] = config.xla_cache
-    # This process shares that folder too: tests build the same small networks again and again, in new
-    # jitted functions that compiled them anew (test_training + test_prediction: 191 s -> 178 s).
-    from napari_flax_denoise.runtime.compile_cache import enable_compilation_cache
-
-    enable_compilation_cache()
 
 
 def pytest_collection_modifyitems(config, items):
