@@ -47,6 +47,7 @@ from flax import nnx
 from scipy import ndimage
 
 from ..runtime.backend import active
+from ..noise.level import with_noise
 from ..noise.line import PER_BIN, binned, noise_line
 
 # Patches per image for the divergence probe and their edge (a multiple of 16 for any depth).
@@ -115,9 +116,7 @@ def divergence(network, images, *, seed: int = 0, noise=None) -> float:
 def _probe(graphdef, conv, state, patches, probe, levels=None):
     def apply(x):
         if levels is not None:  # constant channels after the image's
-            planes = jnp.broadcast_to(levels.reshape(len(levels), *[1] * (x.ndim - 2), -1),
-                                      (*x.shape[:-1], levels.shape[-1]))
-            x = jnp.concatenate([x, planes], axis=-1)
+            x = with_noise(x, levels)
         return nnx.merge(graphdef, state)(x, conv=conv)
 
     _, pull_back = jax.vjp(apply, jnp.asarray(patches))  # reverse mode: our convolutions define only that

@@ -133,12 +133,10 @@ def _noise_level(model, test_input):
 
 
 def _with_noise(x, noise):
-    """``x`` with the fixed noise channels appended (unchanged for other networks)."""
-    import jax.numpy as jnp
+    """``x`` (one image) with the fixed noise channels appended (unchanged for other networks)."""
+    from ..noise.level import with_noise
 
-    if noise is None:
-        return x
-    return jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(noise, x.dtype), (*x.shape[:-1], len(noise)))], -1)
+    return x if noise is None else with_noise(x, noise[None])
 
 
 def _write_onnx(model, tile, target: Path, noise=None) -> int:

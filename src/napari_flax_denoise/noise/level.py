@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 
+import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserInputError
@@ -81,9 +82,13 @@ def noise_features(images: np.ndarray, offset: float, scale: float, level=None) 
                     np.float32)
 
 
-def with_noise(images: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Normalised ``images`` ``(N, *spatial, C)`` with each one's noise channels ``noise[n]`` appended."""
-    spatial = images.shape[1:-1]
-    planes = np.broadcast_to(noise.reshape(len(noise), *[1] * len(spatial), -1).astype(images.dtype),
-                             (*images.shape[:-1], noise.shape[-1]))
-    return np.concatenate([images, planes], axis=-1)
+def with_noise(images, noise):
+    """``images`` ``(N, *spatial, C)`` with each one's noise channels ``noise[n]`` appended.
+
+    NumPy arrays give a NumPy array; JAX arrays (inside compiled functions too) a JAX array.
+    """
+    xp = np if isinstance(images, np.ndarray) else jnp
+    levels = xp.asarray(noise, images.dtype)
+    planes = xp.broadcast_to(levels.reshape(len(levels), *[1] * (images.ndim - 2), -1),
+                             (*images.shape[:-1], levels.shape[-1]))
+    return xp.concatenate([images, planes], axis=-1)
