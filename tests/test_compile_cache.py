@@ -13,13 +13,16 @@ from napari_flax_denoise.runtime.compile_cache import machine_type, trim
 HIT = "Persistent compilation cache hit for 'jit_train_step'"
 
 
-def _enable(**env):
-    """The folder enable_compilation_cache picks in a fresh process with ``env`` (None when off)."""
+def _enable(*settings: dict) -> list[str]:
+    """The folder enable_compilation_cache picks in a fresh process per environment in ``settings``
+    ("None" when off); the processes run at once."""
     script = "from napari_flax_denoise.runtime.compile_cache import enable_compilation_cache as e; print(e())"
     environ = {k: v for k, v in os.environ.items() if k not in ("NAPARI_FLAX_DENOISE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**environ, **env})
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**environ, **env}) for env in settings]
+    outputs = [run.communicate() for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err for _, err in outputs]
+    return [out.strip().splitlines()[-1] for out, _ in outputs]
 
 
 def test_a_second_training_process_loads_its_step_instead_of_compiling(tmp_path, noisy):
@@ -36,13 +39,14 @@ def test_a_second_training_process_loads_its_step_instead_of_compiling(tmp_path,
 
 
 def test_the_cache_folder_follows_the_settings(tmp_path):
-    assert _enable(NAPARI_FLAX_DENOISE_CACHE="off") == "None"
-    assert _enable(NAPARI_FLAX_DENOISE_CACHE=str(tmp_path / "ours")) == str(tmp_path / "ours" / machine_type())
-    assert _enable(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax")) == str(tmp_path / "jax")  # JAX's own wins
-    assert _enable(XDG_CACHE_HOME=str(tmp_path / "home")) == str(
-        tmp_path / "home" / "napari-flax-denoise" / "xla" / machine_type())
     (tmp_path / "file").write_text("")
-    assert _enable(NAPARI_FLAX_DENOISE_CACHE=str(tmp_path / "file" / "below")) == "None"  # cannot be made: off
+    assert _enable({"NAPARI_FLAX_DENOISE_CACHE": "off"},
+                   {"NAPARI_FLAX_DENOISE_CACHE": str(tmp_path / "ours")},
+                   {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")},  # JAX's own wins
+                   {"XDG_CACHE_HOME": str(tmp_path / "home")},
+                   {"NAPARI_FLAX_DENOISE_CACHE": str(tmp_path / "file" / "below")}) == [  # cannot be made: off
+        "None", str(tmp_path / "ours" / machine_type()), str(tmp_path / "jax"),
+        str(tmp_path / "home" / "napari-flax-denoise" / "xla" / machine_type()), "None"]
 
 
 def test_trim_removes_the_oldest_programs_first(tmp_path):
