@@ -15,10 +15,15 @@ from napari_flax_denoise.inference.prediction import denoise_iter
 pytestmark = pytest.mark.float32
 
 
-def _model(algorithm="n2v2", dims=2, channels=1, features=8):
-    config = Config(algorithm=algorithm, dims=dims, features=features, in_channels=channels, out_channels=channels)
+def _model(algorithm="n2v2", dims=2, channels=1, features=8, noise_input=False):
+    config = Config(algorithm=algorithm, dims=dims, features=features, in_channels=channels, out_channels=channels,
+                    noise_input=noise_input)
     norm = Normalization("meanstd", (50.0,) * channels, (10.0,) * channels)
-    return TrainedModel(config, build_network(config, seed=3), norm, norm)
+    network = build_network(config, seed=3)
+    if noise_input:  # the noise channels weigh in strongly, so that a tile given another image's level shows
+        conv = network.encoders[0].conv1
+        conv.kernel[...] = conv.kernel[...].at[..., channels:, :].set(2.0)
+    return TrainedModel(config, network, norm, norm)
 
 
 @pytest.mark.parametrize("spatial, tile, halo, margin, count", [
@@ -39,11 +44,14 @@ def test_a_few_tiles_take_a_small_batch_of_a_few_shapes():
     assert fitted_batch(3, 10, 1) == 3 and fitted_batch(1, 10, 1) == 1
 
 
-@pytest.mark.parametrize("axes, shape, tile", [("YX", (150, 190), (96, 80)), ("SYX", (3, 130, 150), (96, 80)),
-                                               ("ZYX", (20, 40, 36), None)])
-def test_resident_tiles_equal_the_host_route_and_the_untiled_result(axes, shape, tile):
-    model = _model(dims=3 if "Z" in axes else 2)
-    image = np.random.default_rng(0).normal(50, 10, shape).astype(np.float32)
+@pytest.mark.parametrize("axes, shape, tile, noise_input", [
+    ("YX", (150, 190), (96, 80), False), ("SYX", (3, 130, 150), (96, 80), False), ("ZYX", (20, 40, 36), None, False),
+    ("SYX", (3, 130, 150), (96, 80), True), ("ZYX", (20, 40, 36), None, True)])
+def test_resident_tiles_equal_the_host_route_and_the_untiled_result(axes, shape, tile, noise_input):
+    model = _model(dims=3 if "Z" in axes else 2, noise_input=noise_input)
+    # Each image of a stack its own noise: a noise-aware model's tiles must carry their own image's level.
+    strength = np.arange(1, shape[0] + 1).reshape(-1, *[1] * (len(shape) - 1)) if axes[0] == "S" else 1
+    image = np.random.default_rng(0).normal(50, 10 * strength, shape).astype(np.float32)
     with use_backend("accelerator"):
         resident = denoise(image, model, axes=axes, tile_shape=tile, batch_size=3, fusion=False)
         whole = denoise(image, model, axes=axes, fusion=False)  # small: one tile

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..axes import spatial_dims, validate_axes
+from ..axes import validate_axes
 from ..errors import UserInputError
 from ..progress import Progress, relay
 from .prediction import denoise_iter
@@ -66,8 +66,8 @@ def open_input(path, model=None, *, axes: str | None = None, planes: bool = Fals
     path : str or Path
         Any input :func:`~napari_flax_denoise.io.open_image` reads.
     model : TrainedModel, str or Path, optional
-        Default: the embedded default for the input's dimensionality; a 3D
-        stack then goes plane by plane through the 2D model, said in ``note``.
+        Default: the embedded default for the input's dimensionality
+        (general-3d for a Z axis, see :func:`.embedded.default_model_for`).
     axes : str, optional
         Axes of the input; default those the file records, or Y X for 2D.
     planes : bool
@@ -77,7 +77,7 @@ def open_input(path, model=None, *, axes: str | None = None, planes: bool = Fals
     """
     from ..io.files import open_image
     from ..models.checkpoint import resolve_model
-    from ..models.embedded import default_model_name
+    from ..models.embedded import default_model_for
 
     opened = open_image(path)
     shape = opened.data.shape
@@ -90,7 +90,7 @@ def open_input(path, model=None, *, axes: str | None = None, planes: bool = Fals
     out_axes = next((a for a in (opened.axes, axes) if a and len(a) == len(shape)), use)
     note, default = None, model is None
     if default:
-        model, planes = default_model_name(spatial_dims(use)), True  # a name, which workers can load too
+        model, planes = default_model_for(use, shape)[0], True  # a name, which workers can load too
     if planes and "Z" in use and "S" not in use and resolve_model(model).config.dims == 2:
         which = f"the embedded 2D model '{model}'" if default else "the 2D model"
         note = f"Denoising the {use} stack plane by plane with {which}."

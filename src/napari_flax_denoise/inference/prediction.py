@@ -24,9 +24,10 @@ from flax import nnx
 from ..axes import check_image, is_lazy, validate_axes
 from ..errors import UserInputError
 from ..models.checkpoint import TrainedModel, resolve_model
+from ..models.embedded import default_model_for
 from ..models.normalization import Normalization
 from ..network.unet import halo as network_halo
-from ..noise.level import noise_features, variance_line, with_noise
+from ..noise.level import noise_features, variance_line
 from ..progress import Progress, drive, relay
 from ..runtime.backend import active
 from ..runtime.devices import Placement, default_batch_size
@@ -41,13 +42,15 @@ def _forward(graphdef, conv, precision, state, batch, valid):
     return apply_network(graphdef, state, batch, valid, conv, precision)
 
 
-def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, batch_size, precision="float32"):
+def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, batch_size, precision="float32",
+                  noise=None):
     """Apply the network to normalised model-layout ``images`` tile by tile, cut on the host.
 
     A generator: yields :class:`~napari_flax_denoise.progress.Progress` after
     every batch of tiles and returns the prediction ``(N, *spatial, C_out)``
-    as float32. The accelerator profile's route is
-    :func:`.resident.predict_resident`.
+    as float32. ``noise`` (``(N, 2)``, noise-aware models) is appended to
+    each tile as constant channels, so the image is never copied with them.
+    The accelerator profile's route is :func:`.resident.predict_resident`.
     """
     profile = active()
     graphdef, state = nnx.split(model.network)
@@ -62,13 +65,16 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
     padded_n, padded = -1, None
     for done, first in enumerate(range(0, len(jobs), batch_size), start=1):
         chunk = jobs[first:first + batch_size]
-        batch = profile.tile_buffer((batch_size, *tile_shape, images.shape[-1]))
+        channels = images.shape[-1]
+        batch = profile.tile_buffer((batch_size, *tile_shape, channels + (0 if noise is None else noise.shape[-1])))
         valid = np.zeros((batch_size, len(spatial)), np.int32)
         for i, (n, tile) in enumerate(chunk):
             if n != padded_n:  # mirror one image at a time: memory stays at one image
                 padded_n, padded = n, np.pad(images[n], [(margin, margin)] * len(spatial) + [(0, 0)], mode="reflect")
-            batch[(i, *(slice(0, size) for _, size, _, _ in tile))] = \
+            batch[(i, *(slice(0, size) for _, size, _, _ in tile), slice(0, channels))] = \
                 padded[tuple(slice(start, start + size) for start, size, _, _ in tile)]
+            if noise is not None:
+                batch[i, ..., channels:] = noise[n]
             valid[i] = [size for _, size, _, _ in tile]
         result = np.asarray(_forward(graphdef, profile.convolution, precision, state, placement.split(batch),
                                      placement.split(valid)))
@@ -82,7 +88,7 @@ def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, ba
     return out
 
 
-def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
+def denoise_iter(image, model=None, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
                  tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None,
                  precision: str = "float32", report: dict | None = None, noise_level=None):
     """Generator form of :func:`denoise`: yields progress, returns the result.
@@ -100,6 +106,8 @@ def denoise_iter(image, model, *, axes: str, tile_shape=None, overlap=None, batc
     and ``"noise_sigmas"``, the same as one standard deviation in the
     image's intensity units (their root mean square).
     """
+    if model is None:
+        model, axes = default_model_for(axes, np.shape(image))
     model = resolve_model(model)
     if noise_level is not None:
         variance_line(noise_level)  # a bad value is refused before anything is read
@@ -221,9 +229,7 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         batch_size = default_batch_size(int(np.prod(tile_shape)), config.features)
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
-    net_input = x if noise is None else with_noise(x, noise)
-    mean, std = yield from _predict(model, net_input, tile_shape, halos, batch_size, tta, return_std, precision)
-    del net_input
+    mean, std = yield from _predict(model, x, tile_shape, halos, batch_size, tta, return_std, precision, noise)
     if fusion:
         # Fusion mixes the noisy image into the prediction, so both must be on the prediction's scale:
         # a care model's targets have their own normalisation (a care model's output fused on the
@@ -253,8 +259,9 @@ def _noise_of(x, config, norm, level):
     return noise_features(x, norm.offset[0], norm.scale[0], level)
 
 
-def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision):
-    """The network's prediction of normalised ``x`` (and its TTA spread), by the active profile's route.
+def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision, noise=None):
+    """The network's prediction of normalised ``x`` (and its TTA spread), by the active profile's route;
+    ``noise``: a noise-aware model's channels per image (constant, so the TTA symmetries leave them alone).
 
     Returns host arrays (``std`` None without ``with_std``).
     """
@@ -264,10 +271,10 @@ def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision):
 
         def predict(images, shape):
             return predict_resident(model, images, shape, halos, batch_size, conv=profile.convolution,
-                                    precision=precision)
+                                    precision=precision, noise=noise)
     else:
         def predict(images, shape):
-            return predict_tiled(model, images, shape, halos, batch_size, precision)
+            return predict_tiled(model, images, shape, halos, batch_size, precision, noise)
     if tta:
         mean, std = yield from tta_mean_std(predict, x, tile_shape, with_std)
     else:
@@ -275,7 +282,7 @@ def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision):
     return np.array(mean), None if std is None else np.array(std)  # writable copies: fusion works in place
 
 
-def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
+def denoise(image, model=None, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
             tta: bool = False, return_std: bool = False, fusion: bool | None = None, out=None,
             precision: str = "float32", noise_level=None):
     """Denoise an image with a trained model.
@@ -286,9 +293,11 @@ def denoise(image, model, *, axes: str, tile_shape=None, overlap=None, batch_siz
         2D or 3D image, optionally with sample (S), time (T) and channel (C)
         axes. Not modified. A lazy array (dask, zarr, h5py) is read one S/T
         plane at a time (and one channel at a time for a one-channel model).
-    model : TrainedModel or str or Path
+    model : TrainedModel or str or Path, optional
         A model from :func:`~napari_flax_denoise.train` /
-        :func:`~napari_flax_denoise.load_model`, or a model directory.
+        :func:`~napari_flax_denoise.load_model`, a model directory or an
+        embedded model's name. Default: the embedded default for the input's
+        dimensionality, ``general-3d`` when ``axes`` has Z, else ``general-2d``.
     axes : str
         Axes of ``image``, e.g. ``"YX"``, ``"ZYX"``, ``"TYX"``, ``"CYX"``.
     tile_shape : tuple of int, optional

@@ -30,6 +30,7 @@ from flax import nnx
 
 from ..errors import UserInputError
 from ..network.unet import halo as network_halo
+from ..noise.level import with_noise
 from ..progress import Progress
 from ..runtime.devices import Placement, memory_budget, tile_bytes
 from .tiling import edge_margin, tile_spans
@@ -99,14 +100,17 @@ def apply_network(graphdef, state, tiles, valid, conv, precision: str = "float32
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=5)
-def _step(graphdef, conv, tile_shape, precision, state, out, padded, batch):
-    """Predict one batch of tiles of ``padded`` and stitch their kept boxes into ``out``."""
+def _step(graphdef, conv, tile_shape, precision, state, out, padded, noise, batch):
+    """Predict one batch of tiles of ``padded`` (with their images' ``noise`` channels appended, if
+    not None) and stitch their kept boxes into ``out``."""
     channels = padded.shape[-1]
 
     def cut(n, start):
         return jax.lax.dynamic_slice(padded, (n, *start, 0), (1, *tile_shape, channels))[0]
 
     tiles = jax.vmap(cut)(batch["image"], batch["start"])
+    if noise is not None:
+        tiles = with_noise(tiles, noise[batch["image"]])
     prediction = apply_network(graphdef, state, tiles, batch["valid"], conv, precision)
     for i in range(prediction.shape[0]):  # kept boxes never overlap: each tile writes only its own
         corner = (batch["image"][i], *batch["start"][i], 0)
@@ -120,12 +124,13 @@ def _step(graphdef, conv, tile_shape, precision, state, out, padded, batch):
     return out
 
 
-def predict_resident(model, images, tile_shape, halos, batch_size, *, conv, precision="float32"):
+def predict_resident(model, images, tile_shape, halos, batch_size, *, conv, precision="float32", noise=None):
     """Apply the network to normalised model-layout ``images`` (host or device) tile by tile, on the device.
 
     A generator: yields :class:`~napari_flax_denoise.progress.Progress` in
     tile batches as they are computed, and returns the prediction
-    ``(N, *spatial, C_out)`` as a float32 device array. When the device runs
+    ``(N, *spatial, C_out)`` as a float32 device array. ``noise`` (``(N, 2)``,
+    noise-aware models) is appended to each tile on the device. When the device runs
     out of memory, the batch is halved and the prediction starts again (with
     a warning); with one tile per call it raises a :class:`UserInputError`.
 
@@ -142,7 +147,7 @@ def predict_resident(model, images, tile_shape, halos, batch_size, *, conv, prec
             f"more than the {budget / 1e9:.1f} GB available; give a smaller tile shape (--tile-shape).")
     while True:
         try:
-            return (yield from _predict(model, images, tile_shape, halos, batch_size, conv, precision))
+            return (yield from _predict(model, images, tile_shape, halos, batch_size, conv, precision, noise))
         except jax.errors.JaxRuntimeError as error:
             if "RESOURCE_EXHAUSTED" not in str(error):
                 raise
@@ -154,7 +159,7 @@ def predict_resident(model, images, tile_shape, halos, batch_size, *, conv, prec
                           RuntimeWarning, stacklevel=2)
 
 
-def _predict(model, images, tile_shape, halos, batch_size, conv, precision):
+def _predict(model, images, tile_shape, halos, batch_size, conv, precision, noise):
     spatial = images.shape[1:-1]
     margin = edge_margin(network_halo(model.config), 2**model.config.depth)
     plan, extent = tile_plan(spatial, tile_shape, halos, margin, images.shape[0])
@@ -165,11 +170,12 @@ def _predict(model, images, tile_shape, halos, batch_size, conv, precision):
     mirrored = jnp.pad(x, [(0, 0)] + [(margin, margin)] * len(spatial) + [(0, 0)], mode="reflect")
     padded = jnp.pad(mirrored, [(0, 0)] + [(0, e - s - 2 * margin) for e, s in zip(extent, spatial)] + [(0, 0)])
     state, padded = placement.replicate(state), placement.replicate(padded)
+    noise = None if noise is None else placement.replicate(jnp.asarray(noise, jnp.float32))
     out = placement.replicate(jnp.zeros((images.shape[0], *extent, model.config.out_channels), jnp.float32))
     total = -(-len(plan["image"]) // batch_size)
     tokens = []
     for done, batch in enumerate(_batches(plan, batch_size), start=1):
-        out = _step(graphdef, conv, tuple(tile_shape), precision, state, out, padded, placement.split(batch))
+        out = _step(graphdef, conv, tuple(tile_shape), precision, state, out, padded, noise, placement.split(batch))
         tokens.append(out[(0,) * out.ndim])  # ready once this batch's step has run
         if len(tokens) > _IN_FLIGHT:
             tokens.pop(0).block_until_ready()

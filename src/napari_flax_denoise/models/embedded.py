@@ -10,10 +10,11 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-# The default per spatial dimensionality. No 3D model is embedded yet: 3D
-# stacks are denoised plane by plane with the 2D default.
-DEFAULT = {2: "general-2d", 3: "general-2d"}
-
+# The default per spatial dimensionality: 3D inputs (axes with Z) get the 3D model,
+# or, in a build without it, the 2D one plane by plane.
+DEFAULT = {2: "general-2d", 3: "general-3d"}
+# Fewer planes than this are below the 3D network's smallest input (2**depth): plane by plane.
+MIN_PLANES = 4
 
 def _root() -> Path:
     return Path(str(files("napari_flax_denoise") / "models"))
@@ -39,4 +40,18 @@ def embedded_path(name: str) -> Path | None:
 
 def default_model_name(dims: int) -> str:
     """The embedded model used when none is given, for ``dims`` spatial dimensions."""
-    return DEFAULT[dims]
+    return DEFAULT[dims] if embedded_path(DEFAULT[dims]) is not None else DEFAULT[2]
+
+
+def default_model_for(axes: str, shape=None) -> tuple[str, str]:
+    """The embedded default for an input with ``axes`` (and ``shape``), and the axes it is denoised with.
+
+    A Z axis of at least :data:`MIN_PLANES` planes picks the 3D default.
+    Otherwise, or when the 3D default is a 2D model (a build without the 3D
+    one), Z becomes S: plane by plane with the 2D default.
+    """
+    deep = "Z" in axes and (shape is None or shape[axes.index("Z")] >= MIN_PLANES)
+    name = default_model_name(3 if deep else 2)
+    if "Z" in axes and name == DEFAULT[2] and "S" not in axes:
+        axes = axes.replace("Z", "S")
+    return name, axes
