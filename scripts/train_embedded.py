@@ -82,18 +82,21 @@ def pairs(names, seed, load=grey):
             yield (*poisson_gaussian(clean, photons, read, rng), f"{name} poisson{photons}")
 
 
-def train(output: Path, steps: int, work: Path, init=None, learning_rate=None, names=TRAIN_IMAGES, load=grey) -> None:
-    """Train a ``care`` model with ``flax-denoise train`` on every noisy version of ``names``."""
+def train(output: Path, steps: int, work: Path, init=None, learning_rate=None, names=TRAIN_IMAGES, load=grey,
+          data=None, axes="YX", settings=None) -> None:
+    """Train a ``care`` model with ``flax-denoise train`` on every noisy version of ``names``
+    (or on ``data``: (noisy, clean, label) triples with ``axes``); ``settings`` are more config values."""
     inputs, targets = [], []
-    for i, (noisy, clean, _) in enumerate(pairs(names, seed=1, load=load)):
+    for i, (noisy, clean, _) in enumerate(data if data is not None else pairs(names, seed=1, load=load)):
         np.save(work / f"noisy_{i:03d}.npy", noisy.astype(np.float32))
         np.save(work / f"clean_{i:03d}.npy", clean.astype(np.float32))
         inputs.append(str(work / f"noisy_{i:03d}.npy"))
         targets.append(str(work / f"clean_{i:03d}.npy"))
-    config = {"normalize_per_image": True, "residual": True, "patience": 1000, "val_fraction": 0.1, "seed": 0}
+    config = {"normalize_per_image": True, "residual": True, "patience": 1000, "val_fraction": 0.1, "seed": 0,
+              **(settings or {})}
     (work / "config.json").write_text(json.dumps(config))
     epochs = max(steps // 100, 1)
-    subprocess.run(["flax-denoise", "train", *inputs, "--target", *targets, "--axes", "YX", "--algorithm", "care",
+    subprocess.run(["flax-denoise", "train", *inputs, "--target", *targets, "--axes", axes, "--algorithm", "care",
                     "--config", str(work / "config.json"), "--epochs", str(epochs),
                     "--steps-per-epoch", str(steps // epochs), "--output", str(output),
                     *(["--init", init] if init else []),
@@ -218,8 +221,9 @@ def card(output: Path, rows: list[dict]) -> None:
     (output / "README.md").write_text(f"""# general-2d: the embedded default 2D denoiser
 
 * **Use**: any 2D greyscale image (microscopy, medical, photographs) with
-  Gaussian or Poisson-Gaussian noise of unknown strength; 3D stacks are
-  denoised plane by plane. Every image is normalised on its own, so any
+  Gaussian or Poisson-Gaussian noise of unknown strength; 3D stacks get
+  general-3d by default, and this model plane by plane when chosen (or when a
+  stack has fewer than 4 planes). Every image is normalised on its own, so any
   intensity range works. `flax-denoise denoise IMAGE --output OUT` uses it
   when no `--model` is given; fine-tune it with `--init general-2d`.{noise_note(info)}
 * **Network**: U-Net, depth {info['config']['depth']}, {info['config']['features']} features{

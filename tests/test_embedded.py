@@ -11,7 +11,7 @@ from napari_flax_denoise import denoise, load_model, psnr, train
 from napari_flax_denoise.config import FINE_TUNE_LEARNING_RATE
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.models.checkpoint import load_embedded
-from napari_flax_denoise.models.embedded import embedded_models, embedded_path
+from napari_flax_denoise.models.embedded import MIN_PLANES, default_model_for, embedded_models, embedded_path
 from napari_flax_denoise.io.samples import sample_path
 
 from test_cli import flax_denoise
@@ -31,7 +31,7 @@ def test_embedded_models_are_small_documented_and_self_describing():
         directory = embedded_path(name)
         sizes.append(sum(f.stat().st_size for f in directory.iterdir()))
         card = (directory / "README.md").read_text()
-        assert "Measured" in card and "Licence" in card and "scripts/train_embedded.py" in card
+        assert "Measured" in card and "Licence" in card and "scripts/train_embedded" in card
         assert not (directory / "last").exists()  # no resume state shipped
     assert sum(sizes) < 10e6
 
@@ -60,15 +60,55 @@ def test_default_model_beats_the_noisy_input_on_unseen_images():
 
 
 @pytest.mark.slow  # the CLI / fine-tuning path: test_prediction and test_training cover the profile
-def test_denoise_without_model_uses_the_default_and_goes_plane_by_plane_on_3d(tmp_path):
+@pytest.mark.slow  # the command line's choice: test_prediction and test_resident cover the profile
+def test_denoise_without_model_uses_the_default_for_the_inputs_dimensionality(tmp_path):
     run = flax_denoise("denoise", sample_path("nuclei2d_noisy.tif"), "--output", tmp_path / "n.tif")
     assert run.returncode == 0, run.stderr
     assert tifffile.imread(tmp_path / "n.tif").shape == (512, 512)
     run = flax_denoise("denoise", sample_path("fmri3d_noisy.tif"), "--output", tmp_path / "f.tif", "--quiet")
     assert run.returncode == 0, run.stderr
-    assert "plane by plane" in run.stderr
+    assert "with the embedded 3D model 'general-3d'" in run.stderr  # it sees the neighbouring planes
     with tifffile.TiffFile(tmp_path / "f.tif") as tif:
         assert tif.series[0].axes == "ZYX" and tif.series[0].shape == (24, 96, 128)
+    tifffile.imwrite(tmp_path / "thin.tif", tifffile.imread(sample_path("fmri3d_noisy.tif"))[:MIN_PLANES - 1],
+                     photometric="minisblack")
+    run = flax_denoise("denoise", tmp_path / "thin.tif", "--axes", "ZYX", "--output", tmp_path / "t.tif", "--quiet")
+    assert run.returncode == 0 and "plane by plane" in run.stderr  # too few planes for the 3D network
+
+
+def test_inputs_with_z_get_the_3d_default_and_others_the_2d_one():
+    assert default_model_for("ZYX", (24, 96, 128)) == ("general-3d", "ZYX")
+    assert default_model_for("TCZYX") == ("general-3d", "TCZYX")
+    assert default_model_for("ZYX", (MIN_PLANES - 1, 64, 64)) == ("general-2d", "SYX")
+    assert default_model_for("SYX") == ("general-2d", "SYX") and default_model_for("YXC")[0] == "general-2d"
+    config = load_embedded("general-3d").config
+    assert (config.dims, config.noise_input, config.normalize_per_image) == (3, True, True)
+    assert MIN_PLANES == 2 ** config.depth
+
+
+def _volume(shape=(24, 64, 64), seed=0):
+    """Blurred spheres of random size and brightness: neighbouring planes alike, as in a microscope's stack."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    volume = np.zeros(shape)
+    for _ in range(12):
+        centre, radius = rng.uniform(0, 1, 3) * shape, rng.uniform(3, 9)
+        inside = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+        volume = np.maximum(volume, inside * rng.uniform(80, 220))
+    return ndimage.gaussian_filter(volume, (2.5, 1, 1)) + 20
+
+
+def test_the_3d_default_beats_the_2d_default_plane_by_plane_with_no_training():
+    clean = _volume()
+    noisy = (clean + np.random.default_rng(1).normal(0, 25, clean.shape)).astype(np.float32)
+    span = float(clean.max() - clean.min())
+    deep = denoise(noisy, axes="ZYX")  # the API's default model for a Z axis
+    np.testing.assert_array_equal(deep, denoise(noisy, "general-3d", axes="ZYX"))
+    flat = denoise(noisy, "general-2d", axes="SYX")
+    assert psnr(deep, clean, data_range=span) > psnr(flat, clean, data_range=span) + 1
+    np.testing.assert_array_equal(denoise(noisy[0], axes="YX"), denoise(noisy[0], "general-2d", axes="YX"))
 
 
 def test_unknown_model_name_is_a_clear_error(tmp_path):

@@ -84,6 +84,26 @@ def test_denoise_a_3d_sample_plane_by_plane_with_uncertainty(viewer, denoiser, q
     assert _digest(layer.data) == before
 
 
+def test_the_model_follows_the_layers_dimensionality_until_the_user_chooses_one(viewer, qtbot, monkeypatch):
+    monkeypatch.setattr(MODELS, "_models", {})  # a fresh session: no model trained or loaded yet
+    [volume] = viewer.open_sample(PLUGIN, "fmri_3d")
+    [plane] = viewer.open_sample(PLUGIN, "nuclei_2d")
+    _, denoiser = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    denoiser.image.value = volume
+    assert denoiser.model.value == "general-3d" and denoiser.info.value.startswith("3D volume 24 × 96 × 128")
+    denoiser.image.value = plane
+    assert denoiser.model.value == "general-2d"
+    denoiser.image.value = volume
+    _run(qtbot, denoiser, denoiser.run_button)
+    result = viewer.layers["fMRI volume (noisy) denoised"]
+    assert result.metadata["napari_flax_denoise"]["model"] == "general-3d"
+    assert result.metadata["napari_flax_denoise"]["axes"] == "ZYX"
+    denoiser.model.value = "general-2d"  # chosen by hand: plane by plane, whatever the layer
+    denoiser.image.value = plane
+    denoiser.image.value = volume
+    assert denoiser.model.value == "general-2d" and "each denoised by the 2D model" in denoiser.info.value
+
+
 def test_a_lazy_dask_layer_is_denoised_plane_by_plane(viewer, denoiser, qtbot, noisy, tiny_model):
     da = pytest.importorskip("dask.array")
     stack = np.stack([noisy, noisy[::-1]])

@@ -95,6 +95,8 @@ def open_input(path, model=None, *, axes: str | None = None, planes: bool = Fals
         which = f"the embedded 2D model '{model}'" if default else "the 2D model"
         note = f"Denoising the {use} stack plane by plane with {which}."
         use = use.replace("Z", "S")
+    elif default and "Z" in use:
+        note = f"Denoising the {use} stack with the embedded 3D model '{model}'."
     return OpenedInput(Path(path), opened.data, use, out_axes, opened.spacing, model, note, opened.units)
 
 

@@ -15,6 +15,7 @@ from ..errors import UserInputError
 from ..inference.batch import denoise_files
 from ..inference.fusion import fusion_applies
 from ..inference.prediction import denoise_iter
+from ..models.embedded import DEFAULT, default_model_for
 from ..noise.level import variance_line
 from . import running
 from .layers import (check_axes_override, describe_axes, describe_fusion, describe_noise, infer_axes, layer_data,
@@ -46,6 +47,7 @@ class DenoiseWidget(Container):
         super().__init__()
         self.viewer = viewer
         self.worker, self._started = None, time.monotonic()
+        self._preselected = None  # the model this widget chose (not the user), which it may change
         self.source = ComboBox(label="Denoise", choices=[LAYER, FOLDER], value=LAYER,
                                tooltip="An image layer of the viewer, or every image file in a folder on disk "
                                        "(written to an output folder; the model is loaded once).")
@@ -60,8 +62,8 @@ class DenoiseWidget(Container):
         self.format = ComboBox(label="Format", choices=[SAME_FORMAT, ".tif", ".npy", ".png", ".nii.gz", ".zarr"],
                                value=SAME_FORMAT, tooltip="File format of the results (DICOM inputs become .tif).")
         self.model = ComboBox(label="Model", choices=lambda _: MODELS.names(),
-                              tooltip="general-2d works on any 2D image with no training; models you train or "
-                                      "load appear here.")
+                              tooltip="general-2d (2D images) and general-3d (stacks with Z) work with no "
+                                      "training; models you train or load appear here.")
         self.model_folder = FileEdit(label="Load model", mode="d",
                                      tooltip="A model folder saved by training (Train / Fine-tune, or flax-denoise "
                                              "train).")
@@ -103,6 +105,7 @@ class DenoiseWidget(Container):
         self.defaults_button.changed.connect(self.settings.restore_defaults)
         self.model_folder.changed.connect(lambda folder: running.load_model_folder(folder, self.model))
         self.uncertainty.changed.connect(lambda on: on and setattr(self.tta, "value", True))
+        self.image.changed.connect(lambda *_: self._preselect())
         for control in (self.image, self.model, self.source, self.advanced):
             control.changed.connect(self._show)
         running.follow(MODELS.changed, self, self._models_changed)
@@ -116,8 +119,23 @@ class DenoiseWidget(Container):
 
     def _models_changed(self):
         self.model.reset_choices()
-        if MODELS.preferred() in MODELS.names():
-            self.model.value = MODELS.preferred()
+        self._preselect(force=True)
+
+    def _preselect(self, force: bool = False):
+        """Select the model for the image: after a model is trained or loaded (``force``), the newest of
+        this session, else the embedded default for the image's dimensionality; when the image changes,
+        general-2d and general-3d follow it (general-3d for a layer with Z), unless the user chose a model."""
+        if not force and (self.model.value != self._preselected or self._preselected not in DEFAULT.values()):
+            return
+        try:
+            layer = self.image.value
+            default = default_model_for(infer_axes(layer), layer_data(layer).shape)[0]
+        except UserInputError:  # no image layer yet
+            default = None
+        preferred = MODELS.preferred(default) if force else default
+        if preferred in MODELS.names():
+            self._preselected = preferred
+            self.model.value = preferred
 
     def _show(self, *_):
         """Show the controls that apply, and say in words how the image will be read."""

@@ -27,12 +27,13 @@ class ModelRegistry:
 
         return [name for name in embedded_models() if name not in self._models] + list(self._models)
 
-    def preferred(self) -> str | None:
-        """The model to preselect: the newest of this session not flagged, else the embedded 2D default."""
+    def preferred(self, default: str | None = None) -> str | None:
+        """The model to preselect: the newest of this session not flagged, else ``default``
+        (an embedded model; by default the 2D default)."""
         from ..models.embedded import default_model_name
 
         trusted = [name for name in self._models if name not in self._flagged]
-        return trusted[-1] if trusted else default_model_name(2)
+        return trusted[-1] if trusted else default or default_model_name(2)
 
     def add(self, name: str, model, *, flagged: bool = False) -> str:
         """Register ``model`` (a TrainedModel or a directory) and return its name.
