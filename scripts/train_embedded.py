@@ -275,12 +275,7 @@ def main(argv=None):
         (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
         return card(args.output, rows)
     if args.rebuild:
-        with tempfile.TemporaryDirectory() as work:
-            init = None
-            for number, settings in enumerate(STAGES, start=1):
-                folder = args.output if number == len(STAGES) else Path(work) / f"stage{number}"
-                train_stage(folder, init, **settings)
-                init = str(folder)
+        rebuild(STAGES, args.output, train_stage)
     else:
         if args.noise_input and not args.init:
             parser.error("--noise-input widens an existing model: give --init")
@@ -288,6 +283,17 @@ def main(argv=None):
     rows = evaluate(args.output, args.compare)
     (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
     card(args.output, rows)
+
+
+def rebuild(stages, output: Path, train_stage) -> None:
+    """Train a model from scratch into ``output``: ``train_stage(folder, init, **settings)`` for every
+    run's settings in ``stages``, each run continuing the one before (the earlier ones in a scratch folder)."""
+    with tempfile.TemporaryDirectory() as work:
+        init = None
+        for number, settings in enumerate(stages, start=1):
+            folder = output if number == len(stages) else Path(work) / f"stage{number}"
+            train_stage(folder, init, **settings)
+            init = str(folder)
 
 
 def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, noise_input=False) -> None:

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from train_embedded import GAUSSIAN, POISSON, TRAIN_IMAGES, gaussian, grey, poisson_gaussian, train, training_record
+from train_embedded import (GAUSSIAN, POISSON, TRAIN_IMAGES, gaussian, grey, poisson_gaussian, rebuild, train,
+                            training_record)
 from volumes import KINDS, extruded, volume
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,12 +221,7 @@ def main(argv=None):
     parser.add_argument("--evaluate-only", action="store_true", help="measure --output again, rewrite its card")
     args = parser.parse_args(argv)
     if args.rebuild:
-        with tempfile.TemporaryDirectory() as work:
-            init = None
-            for number, settings in enumerate(STAGES, start=1):
-                folder = args.output if number == len(STAGES) else Path(work) / f"stage{number}"
-                train_stage(folder, init, **settings)
-                init = str(folder)
+        rebuild(STAGES, args.output, train_stage)
     elif not args.evaluate_only:
         train_stage(args.output, args.init, args.steps, args.learning_rate, args.extruded)
     rows = evaluate(args.output)

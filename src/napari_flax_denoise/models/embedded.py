@@ -16,6 +16,7 @@ DEFAULT = {2: "general-2d", 3: "general-3d"}
 # Fewer planes than this are below the 3D network's smallest input (2**depth): plane by plane.
 MIN_PLANES = 4
 
+
 def _root() -> Path:
     return Path(str(files("napari_flax_denoise") / "models"))
 
