@@ -12,9 +12,9 @@ from napari_flax_denoise import Config, train
 # Test files whose code paths depend on the backend profile (inference route, training forward,
 # tiles per call): CI runs them a second time with NAPARI_FLAX_DENOISE_BACKEND=accelerator, so
 # that the accelerator path runs on the CPU too (README: the test command). The network's own
-# tests (test_model) call it with XLA's convolution or the CPU route directly, on any backend.
-CORE = {"test_backend", "test_resident", "test_prediction", "test_training", "test_fusion", "test_embedded",
-        "test_noise_level"}
+# tests (test_model) call it with XLA's convolution or the CPU route directly, on any backend;
+# test_resident runs both routes itself in every test, so a second run would only repeat it.
+CORE = {"test_backend", "test_prediction", "test_training", "test_fusion", "test_embedded", "test_noise_level"}
 
 
 def pytest_configure(config):
