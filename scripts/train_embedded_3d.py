@@ -73,12 +73,17 @@ def training_data(count: int = TRAIN_VOLUMES, from_images: int = 0):
         yield (*noisy(extruded(grey(name), number, SHAPE, z_step), noise, rng), f"{name} {number} {noise}")
 
 
-def anatomical() -> np.ndarray:
-    """nibabel's test MR volume (33 x 41 x 25, 2 mm voxels) as Z Y X on 0-255."""
+def nibabel_test_data(name: str) -> np.ndarray:
+    """A NIfTI file of nibabel's own test data, as float64 in the file's axis order (x, y, z[, t])."""
     import nibabel
 
-    image = nibabel.load(os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "anatomical.nii"))
-    data = np.asarray(image.dataobj, np.float64).transpose(2, 1, 0)
+    return np.asarray(nibabel.load(os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", name)).dataobj,
+                      np.float64)
+
+
+def anatomical() -> np.ndarray:
+    """nibabel's test MR volume (33 x 41 x 25, 2 mm voxels) as Z Y X on 0-255."""
+    data = nibabel_test_data("anatomical.nii").transpose(2, 1, 0)
     low, high = np.percentile(data, (0.1, 99.9))
     return np.clip((data - low) / (high - low), 0, 1) * 255
 
@@ -93,10 +98,7 @@ def held_out():
 
 def fmri_pair() -> tuple[np.ndarray, np.ndarray]:
     """nibabel's fMRI example (real noise): its two time points as Z Y X, two noisy views of one volume."""
-    import nibabel
-
-    image = nibabel.load(os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "example4d.nii.gz"))
-    data = np.asarray(image.dataobj, np.float64).transpose(3, 2, 1, 0)
+    data = nibabel_test_data("example4d.nii.gz").transpose(3, 2, 1, 0)
     return data[0], data[1]
 
 
