@@ -27,6 +27,15 @@ def pytest_configure(config):
     os.environ["NAPARI_FLAX_DENOISE_CACHE"] = config.xla_cache
 
 
+def pytest_ignore_collect(collection_path, config):
+    """A run of the core tests only (``-m "core ..."``, CI's second run) does not import the other files
+    (the viewer's import napari and Qt: seconds of collection for tests it would deselect)."""
+    if (config.getoption("markexpr", "").startswith("core") and collection_path.suffix == ".py"
+            and collection_path.stem.startswith("test_") and collection_path.stem not in CORE):
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.stem in CORE:

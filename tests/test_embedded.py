@@ -60,7 +60,6 @@ def test_default_model_beats_the_noisy_input_on_unseen_images():
             assert psnr(out, reference, data_range=span) > psnr(noisy, reference, data_range=span) + 4
 
 
-@pytest.mark.slow  # the CLI / fine-tuning path: test_prediction and test_training cover the profile
 @pytest.mark.slow  # the command line's choice: test_prediction and test_resident cover the profile
 def test_denoise_without_model_uses_the_default_for_the_inputs_dimensionality(tmp_path):
     run = flax_denoise("denoise", sample_path("nuclei2d_noisy.tif"), "--output", tmp_path / "n.tif")
