@@ -1,11 +1,13 @@
 """Train the embedded default model ``general-2d`` with our own CLI, reproducibly.
 
-    python scripts/train_embedded.py --rebuild  # the shipped model from scratch: about 3 hours on 2 CPU cores
+    python scripts/train_embedded.py --rebuild  # the shipped model from scratch: about 4 hours on 2 CPU cores
     python scripts/train_embedded.py --steps 200 --output /tmp/try   # a quick try
     python scripts/train_embedded.py --init general-2d --learning-rate 5e-4 --output /tmp/longer
                                                 # continue training a model (name or folder)
     python scripts/train_embedded.py --init general-2d --noise-input --output /tmp/aware
                                                 # make a model noise-aware and train it on
+    python scripts/train_embedded.py --init general-2d --realizations 2 --synthetic 16 --output /tmp/more
+                                                # more noise draws, and synthetic fluorescence images
     python scripts/train_embedded.py --card-only   # rewrite the card from the saved metrics
     python scripts/train_embedded.py --evaluate-only --compare OLD   # measure again, beside OLD
 
@@ -13,7 +15,10 @@ The shipped ``general-2d`` is the runs of ``STAGES``, each continuing the one
 before: 3000 steps at the CLI's peak learning rate, 3000 at 5e-4, then 4000
 at 5e-4 after ``--noise-input`` made it noise-aware (the network also takes
 the image's noise level, estimated from each image; it starts that run as
-the model it widens, with zero weights on the new input), then 6000 at 4e-4.
+the model it widens, with zero weights on the new input), then 6000 at 4e-4,
+then 6000 at 3e-4 with 16 synthetic fluorescence-like images added
+(``--synthetic``, drawn by ``scripts/volumes.py``) and two noise draws per
+image and noise, four for the weak noises (``--realizations``).
 
 Data: clean greyscale images bundled with scikit-image (natural photos,
 textures, text, an astronomy field, a retina fundus, histology), each with
@@ -47,7 +52,8 @@ TRAIN_IMAGES = ["moon", "brick", "grass", "gravel", "text", "page", "clock", "as
 HELD_OUT = ["camera", "cell", "coins"]
 # The runs that made the shipped general-2d, each continuing the one before (``--rebuild``).
 STAGES = (dict(steps=3000), dict(steps=3000, learning_rate=5e-4),
-          dict(steps=4000, learning_rate=5e-4, noise_input=True), dict(steps=6000, learning_rate=4e-4))
+          dict(steps=4000, learning_rate=5e-4, noise_input=True), dict(steps=6000, learning_rate=4e-4),
+          dict(steps=6000, learning_rate=3e-4, realizations=2, synthetic=16))
 GAUSSIAN = (2, 5, 10, 15, 25, 35, 50, 75)  # sigma on 0-255
 POISSON = ((2, 1.0), (5, 1.0), (10, 2.0), (30, 2.0), (100, 3.0), (200, 4.0))  # (photons at peak, read-noise sigma)
 
@@ -71,27 +77,47 @@ def poisson_gaussian(clean, photons, read, rng):
     return 100 + rng.poisson(expected) + rng.normal(0, read, clean.shape), 100 + expected
 
 
-def pairs(names, seed, load=grey):
-    """Every image (``load(name)``, on 0-255) under every noise model: (noisy, clean target, noise label)."""
+def pairs(names, seed, load=grey, realizations=1):
+    """Every image (``load(name)``, on 0-255) under every noise model: (noisy, clean target, noise label).
+
+    ``realizations``: noisy copies per image and noise model (each with its own noise draw); the weak
+    noises (sigma <= 15, >= 100 photons), where the network's errors are smallest and so weigh least in
+    the loss, get twice as many.
+    """
     rng = np.random.default_rng(seed)
     for name in names:
         clean = load(name)
         for sigma in GAUSSIAN:
-            yield (*gaussian(clean, sigma, rng), f"{name} gauss{sigma}")
+            for _ in range(realizations * (2 if realizations > 1 and sigma <= 15 else 1)):
+                yield (*gaussian(clean, sigma, rng), f"{name} gauss{sigma}")
         for photons, read in POISSON:
-            yield (*poisson_gaussian(clean, photons, read, rng), f"{name} poisson{photons}")
+            for _ in range(realizations * (2 if realizations > 1 and photons >= 100 else 1)):
+                yield (*poisson_gaussian(clean, photons, read, rng), f"{name} poisson{photons}")
+
+
+def synthetic(name: str) -> np.ndarray:
+    """A clean 384 x 384 fluorescence-like image (``scripts/volumes.py``, one plane) for a name ``synthetic-N``."""
+    from volumes import volume
+
+    return volume(int(name.split("-")[1]), shape=(1, 384, 384))[0]
+
+
+def load_any(name: str) -> np.ndarray:
+    """A training image by name: a scikit-image one, or ``synthetic-N``."""
+    return synthetic(name) if name.startswith("synthetic-") else grey(name)
 
 
 def train(output: Path, steps: int, work: Path, init=None, learning_rate=None, names=TRAIN_IMAGES, load=grey,
-          data=None, axes="YX", settings=None) -> None:
+          data=None, axes="YX", settings=None, realizations=1) -> None:
     """Train a ``care`` model with ``flax-denoise train`` on every noisy version of ``names``
     (or on ``data``: (noisy, clean, label) triples with ``axes``); ``settings`` are more config values."""
     inputs, targets = [], []
-    for i, (noisy, clean, _) in enumerate(data if data is not None else pairs(names, seed=1, load=load)):
-        np.save(work / f"noisy_{i:03d}.npy", noisy.astype(np.float32))
-        np.save(work / f"clean_{i:03d}.npy", clean.astype(np.float32))
-        inputs.append(str(work / f"noisy_{i:03d}.npy"))
-        targets.append(str(work / f"clean_{i:03d}.npy"))
+    data = data if data is not None else pairs(names, seed=1, load=load, realizations=realizations)
+    for i, (noisy, clean, _) in enumerate(data):
+        np.save(work / f"noisy_{i:04d}.npy", noisy.astype(np.float32))
+        np.save(work / f"clean_{i:04d}.npy", clean.astype(np.float32))
+        inputs.append(str(work / f"noisy_{i:04d}.npy"))
+        targets.append(str(work / f"clean_{i:04d}.npy"))
     config = {"normalize_per_image": True, "residual": True, "patience": 1000, "val_fraction": 0.1, "seed": 0,
               **(settings or {})}
     (work / "config.json").write_text(json.dumps(config))
@@ -192,6 +218,15 @@ def bm3d_note() -> str:
             f"{saved['worst_over_bm3d']:+.2f} dB at worst.\n")
 
 
+def synthetic_note(history: str) -> str:
+    """The card's words on the synthetic images, when a run used them."""
+    if "synthetic" not in history:
+        return ""
+    return ("\n  Runs marked so above also had synthetic fluorescence-like images (`scripts/volumes.py`: nuclei, "
+            "filaments, puncta and tissue\n  under a point-spread function, one 384 x 384 plane each) under the same "
+            "noises, and several noise draws per image.")
+
+
 def card(output: Path, rows: list[dict]) -> None:
     """Write the model card."""
     info = json.loads((output / "model.json").read_text())
@@ -234,10 +269,10 @@ def card(output: Path, rows: list[dict]) -> None:
   greyscale, centre-cropped to 512 x 512 at most, each with Gaussian noise (sigma
   {', '.join(map(str, GAUSSIAN))} on 0-255) and Poisson-Gaussian noise ({', '.join(f'{p} photons' for p, _ in POISSON)}
   at the brightest pixel, read noise {min(r for _, r in POISSON):g}-{max(r for _, r in POISSON):g} counts). Seeds fixed.
-  The first two runs had sigma 5-50 and 5-100 photons only.
+  The first two runs had sigma 5-50 and 5-100 photons only.{synthetic_note(history)}
 * **Made by** `python scripts/train_embedded.py` (which calls `flax-denoise train`){made_by}.
 * **Licence**: the weights are released with this package under BSD-3-Clause;
-  the training images are scikit-image's (BSD-3-Clause / public domain / CC0).
+  the training images are scikit-image's (BSD-3-Clause / public domain / CC0){' and our own synthetic ones' if 'synthetic' in history else ''}.
 
 ## Measured (held-out images, PSNR in dB against the clean image)
 
@@ -259,6 +294,10 @@ def main(argv=None):
     parser.add_argument("--noise-input", action="store_true",
                         help="make the model noise-aware: --init's network gets the noise-level channels "
                              "(with zero weights, so it starts as it was) and learns to use them")
+    parser.add_argument("--realizations", type=int, default=1,
+                        help="noisy copies of each image under each noise (own draws; twice as many for weak noise)")
+    parser.add_argument("--synthetic", type=int, default=0,
+                        help="add this many synthetic fluorescence-like images (scripts/volumes.py) to the data")
     parser.add_argument("--compare", help="also score this model (embedded name or directory) on the held-out "
                                           "images, as the model the new one replaces")
     parser.add_argument("--rebuild", action="store_true",
@@ -279,7 +318,8 @@ def main(argv=None):
     else:
         if args.noise_input and not args.init:
             parser.error("--noise-input widens an existing model: give --init")
-        train_stage(args.output, args.init, args.steps, args.learning_rate, args.noise_input)
+        train_stage(args.output, args.init, args.steps, args.learning_rate, args.noise_input, args.realizations,
+                    args.synthetic)
     rows = evaluate(args.output, args.compare)
     (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
     card(args.output, rows)
@@ -296,18 +336,23 @@ def rebuild(stages, output: Path, train_stage) -> None:
             init = str(folder)
 
 
-def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, noise_input=False) -> None:
-    """One training run into ``output`` (from ``init``, widened first with ``noise_input``); its
+def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, noise_input=False,
+                realizations=1, synthetic=0) -> None:
+    """One training run into ``output`` (from ``init``, widened first with ``noise_input``; ``realizations``
+    noisy copies per image and noise, ``synthetic`` fluorescence-like images added); its
     ``training_record`` tells every run so far."""
     start = training_record(init) if init else None  # read before an output may replace it
+    names = TRAIN_IMAGES + [f"synthetic-{i}" for i in range(synthetic)]
     with tempfile.TemporaryDirectory() as work:
         if noise_input:
             init = noise_aware(init, Path(work) / "start")
-        train(output, steps, Path(work), init, learning_rate)
+        train(output, steps, Path(work), init, learning_rate, names=names, load=load_any, realizations=realizations)
     for leftover in ("last",):  # the resume state is not shipped
         subprocess.run(["rm", "-rf", str(output / leftover)], check=True)
     info = json.loads((output / "model.json").read_text())
-    info["info"]["training_record"] = f"{start}, then {stage(info)}" if start else stage(info)
+    data = (f" on {realizations} noise draws per image and noise (twice as many for weak noise)"
+            if realizations > 1 else "") + (f" with {synthetic} synthetic fluorescence images added" if synthetic else "")
+    info["info"]["training_record"] = f"{start}, then {stage(info)}{data}" if start else stage(info) + data
     (output / "model.json").write_text(json.dumps(info, indent=2))
 
 if __name__ == "__main__":
