@@ -1,6 +1,6 @@
 """Train the embedded default model ``general-2d`` with our own CLI, reproducibly.
 
-    python scripts/train_embedded.py --rebuild  # the shipped model from scratch: about 4 hours on 2 CPU cores
+    python scripts/train_embedded.py --rebuild  # the shipped model from scratch: about 4.5 hours on 2 CPU cores
     python scripts/train_embedded.py --steps 200 --output /tmp/try   # a quick try
     python scripts/train_embedded.py --init general-2d --learning-rate 5e-4 --output /tmp/longer
                                                 # continue training a model (name or folder)
@@ -18,7 +18,8 @@ the image's noise level, estimated from each image; it starts that run as
 the model it widens, with zero weights on the new input), then 6000 at 4e-4,
 then 6000 at 3e-4 with 16 synthetic fluorescence-like images added
 (``--synthetic``, drawn by ``scripts/volumes.py``) and two noise draws per
-image and noise, four for the weak noises (``--realizations``).
+image and noise, four for the weak noises (``--realizations``), then 6000
+at 2e-4 with three draws (six for the weak noises).
 
 Data: clean greyscale images bundled with scikit-image (natural photos,
 textures, text, an astronomy field, a retina fundus, histology), each with
@@ -53,7 +54,8 @@ HELD_OUT = ["camera", "cell", "coins"]
 # The runs that made the shipped general-2d, each continuing the one before (``--rebuild``).
 STAGES = (dict(steps=3000), dict(steps=3000, learning_rate=5e-4),
           dict(steps=4000, learning_rate=5e-4, noise_input=True), dict(steps=6000, learning_rate=4e-4),
-          dict(steps=6000, learning_rate=3e-4, realizations=2, synthetic=16))
+          dict(steps=6000, learning_rate=3e-4, realizations=2, synthetic=16),
+          dict(steps=6000, learning_rate=2e-4, realizations=3, synthetic=16))
 GAUSSIAN = (2, 5, 10, 15, 25, 35, 50, 75)  # sigma on 0-255
 POISSON = ((2, 1.0), (5, 1.0), (10, 2.0), (30, 2.0), (100, 3.0), (200, 4.0))  # (photons at peak, read-noise sigma)
 
