@@ -87,13 +87,14 @@ def pairs(names, seed, load=grey, realizations=1):
     the loss, get twice as many.
     """
     rng = np.random.default_rng(seed)
+    draws = lambda weak: realizations * (2 if realizations > 1 and weak else 1)  # noqa: E731
     for name in names:
         clean = load(name)
         for sigma in GAUSSIAN:
-            for _ in range(realizations * (2 if realizations > 1 and sigma <= 15 else 1)):
+            for _ in range(draws(sigma <= 15)):
                 yield (*gaussian(clean, sigma, rng), f"{name} gauss{sigma}")
         for photons, read in POISSON:
-            for _ in range(realizations * (2 if realizations > 1 and photons >= 100 else 1)):
+            for _ in range(draws(photons >= 100)):
                 yield (*poisson_gaussian(clean, photons, read, rng), f"{name} poisson{photons}")
 
 

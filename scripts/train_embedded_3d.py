@@ -123,7 +123,7 @@ def evaluate(model: Path) -> list[dict]:
     first, second = fmri_pair()
     variance, span = np.mean((first - second) ** 2) / 2, np.ptp((first + second) / 2)
     estimate = lambda x: 10 * np.log10(span**2 / (np.mean((x - second) ** 2) - variance))  # noqa: E731
-    row = {"volume": "fMRI example4d.nii.gz, real noise (estimated)", "noisy": estimate(first)}
+    row = {"volume": "fMRI example4d.nii.gz, real noise (estimated)", "noisy": float(estimate(first))}
     row |= {name: float(estimate(run(first.astype(np.float32)))) for name, run in outputs.items()}
     rows.append(row)
     print(row, flush=True)
