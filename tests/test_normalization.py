@@ -17,6 +17,27 @@ def test_round_trip(method, dtype):
     assert Normalization.from_dict(norm.to_dict()) == norm
 
 
+@pytest.mark.parametrize("method", ["percentile", "meanstd"])
+def test_an_image_on_the_device_gets_the_hosts_statistics_and_stays_there(method):
+    """The accelerator route fits, applies and undoes the normalisation where the image is."""
+    import jax
+
+    rng = np.random.default_rng(1)
+    image = np.concatenate([rng.poisson(30, (1, 64, 80, 1)), np.full((1, 64, 80, 1), 4000)], axis=1).astype(np.uint16)
+    host, device = Normalization.fit([image], method), Normalization.fit([jax.device_put(image)], method)
+    np.testing.assert_allclose(device.offset, host.offset, rtol=1e-6)
+    np.testing.assert_allclose(device.scale, host.scale, rtol=1e-6)
+    normed = device.apply(jax.device_put(image))
+    assert isinstance(normed, jax.Array) and normed.dtype == np.float32
+    back = device.undo(normed)
+    assert isinstance(back, jax.Array)
+    np.testing.assert_allclose(np.asarray(back), image, rtol=1e-5, atol=1e-2)
+    image = image.astype(np.float32)
+    image[0, 3, 3] = np.nan
+    with pytest.raises(UserInputError, match="NaN"):
+        Normalization.fit([jax.device_put(image)], method)
+
+
 def test_constant_image_is_refused():
     with pytest.raises(UserInputError, match="constant"):
         Normalization.fit([np.full((1, 8, 8, 1), 7.0)])

@@ -107,3 +107,42 @@ def test_a_lazy_stack_streams_through_the_device_into_out():
     np.testing.assert_array_equal(out[2], 7.0)
     planes = [0, 1, 3]  # in memory the blank frame goes through the network too
     np.testing.assert_allclose(out[planes], expected[planes], atol=1e-4 * np.ptp(stack))
+
+
+@pytest.mark.parametrize("shape", [(37, 300), (12, 9), (6, 20, 18)])
+def test_the_device_gaussian_window_is_scipys_with_its_mirrored_edges(shape):
+    """Windows wider than the image (radius 20 on 9 pixels) mirror again, as scipy's do."""
+    import jax.numpy as jnp
+    from scipy import ndimage
+
+    from napari_flax_denoise.inference.resident_fusion import gaussian_filter
+
+    a = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    for sigma in (1.5, 5.0):
+        ours = np.asarray(gaussian_filter(jnp.asarray(a), sigma, range(a.ndim)))
+        np.testing.assert_allclose(ours, ndimage.gaussian_filter(a, sigma, mode="reflect"), atol=1e-5)
+
+
+@pytest.mark.parametrize("choice", ["bins", 2.0])
+def test_fusing_one_plane_on_the_device_uses_the_host_routes_weights(choice):
+    """Image 1 of 2 is fused, image 0 is left as it was; the spread shrinks by 1 - w."""
+    import jax.numpy as jnp
+
+    from napari_flax_denoise.inference.fusion import _bin_table, _weights
+    from napari_flax_denoise.inference.resident_fusion import fuse_plane, padded_table
+
+    rng = np.random.default_rng(5)
+    mu = rng.normal(0.5, 0.2, (2, 64, 48, 1)).astype(np.float32)
+    noisy = (mu + rng.normal(0, 0.1, mu.shape) * (1 + np.arange(48) / 48)).astype(np.float32)
+    std = np.full(mu.shape, 0.05, np.float32)
+    line, keep = (np.float32(0.004), np.float32(0.006)), 0.9
+    r, m = noisy[1, ..., 0] - mu[1, ..., 0], mu[1, ..., 0]
+    table = _bin_table([(r, m)], line, keep)
+    weight = _weights(r, m, line, keep, choice, table, slope=False)[0]
+    assert 0.05 < weight.mean() < 0.95  # a real mixture
+    fused, spread, mean = fuse_plane(jnp.asarray(mu), jnp.asarray(std), jnp.asarray(noisy), np.array([1, 0], np.int32),
+                                     line, np.float32(keep), padded_table(table), choice=choice)
+    np.testing.assert_allclose(np.asarray(fused)[1, ..., 0], m + weight * r, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fused)[0], mu[0])
+    np.testing.assert_allclose(np.asarray(spread)[1, ..., 0], 0.05 * (1 - weight), atol=1e-6)
+    np.testing.assert_allclose(float(mean), weight.mean(), rtol=1e-4)

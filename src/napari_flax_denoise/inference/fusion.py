@@ -49,6 +49,7 @@ from scipy import ndimage
 from ..runtime.backend import active
 from ..noise.level import with_noise
 from ..noise.line import PER_BIN, binned, noise_line
+from .resident_fusion import fuse_plane, padded_table
 
 # Patches per image for the divergence probe and their edge (a multiple of 16 for any depth).
 # Small patches spread over the image: D varies with the content more than the probe's own
@@ -65,6 +66,7 @@ _CROPS = 4
 # wide at its background, whose noise read up to 12% above the line: fusion cost 0.9 dB. Factors
 # 4-16 cured that and kept every other gain of the benchmark's 16 n2v2 cases within 0.05 dB.
 _MIN_BIN_WIDTH = 8.0
+_NO_TABLE = (np.zeros(1, np.float32), np.zeros(1, np.float32))
 
 
 def divergence(network, images, *, seed: int = 0, noise=None) -> float:
@@ -78,7 +80,8 @@ def divergence(network, images, *, seed: int = 0, noise=None) -> float:
     network : nnx.Module
         A U-Net with as many output channels as input channels.
     images : ndarray, shape (N, *spatial, C)
-        Normalised images in the model's layout.
+        Normalised images in the model's layout (host or device: only the
+        patches are read).
     seed : int
         Seed of the patch positions and the probe.
     noise : ndarray, shape (N, 2), optional
@@ -96,12 +99,12 @@ def divergence(network, images, *, seed: int = 0, noise=None) -> float:
     rng = np.random.default_rng(seed)
     short = [max(edge - s, 0) for s in images.shape[1:-1]]
     if any(short):  # small images: mirror up to one patch
-        images = np.pad(images, [(0, 0)] + [(0, s) for s in short] + [(0, 0)], mode="symmetric")
+        images = np.pad(_host(images), [(0, 0)] + [(0, s) for s in short] + [(0, 0)], mode="symmetric")
     patches, levels = [], []
     for _ in range(count):
         n = rng.integers(images.shape[0])
         corner = [rng.integers(s - edge + 1) for s in images.shape[1:-1]]
-        patches.append(images[(n, *(slice(c, c + edge) for c in corner))])
+        patches.append(_host(images[(n, *(slice(c, c + edge) for c in corner))]))
         levels.append(None if noise is None else noise[n])
     patches = np.stack(patches).astype(np.float32)
     probe = rng.choice(np.array([-1.0, 1.0], np.float32), patches.shape)
@@ -156,9 +159,35 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float,
     """
     # float32 work arrays: a large 3D stack needs several of them at once.
     y, mu = noisy.astype(np.float32, copy=False), prediction.astype(np.float32, copy=False)
+    chosen = choose(y, mu, centre_weight, blind)
+    if chosen is None:
+        return mu.copy(), np.zeros_like(mu)
+    best, line, keep, table = chosen
+    r = y - mu
+    reach = 0 if best == "bins" else int(4.0 * best + 0.5)  # scipy's Gaussian radius (truncate=4)
+    threads = _threads()
+    with ThreadPoolExecutor(threads) as pool:
+        weight = _by_slabs(lambda r_, mu_: _weights(r_, mu_, line, keep, best, table, slope=False)[0],
+                           (r, mu), reach, pool, threads)
+    return mu + weight * r, weight
+
+
+def choose(noisy, prediction, centre_weight: float, blind: bool = True):
+    """What :func:`fuse` does to every pixel, decided on a few crops of one image.
+
+    ``noisy`` and ``prediction`` may be host or device arrays; only their
+    crops are read here.
+
+    Returns
+    -------
+    (best, line, keep, table) or None
+        The weights' source (``"bins"`` or a Gaussian window's sigma), the
+        noise line, ``1 - D`` and the table per intensity bin (for blind-spot
+        networks; one bin of weight 0 for others); None when the
+        prediction is best left unchanged.
+    """
     keep = 1.0 - min(max(centre_weight, 0.0), 0.9)
-    crops = _crops(y.shape)
-    samples = [(y[c], mu[c]) for c in crops]
+    samples = [(_host(noisy[c]), _host(prediction[c])) for c in _crops(noisy.shape)]
     a, b = noise_line(*map(list, zip(*samples)))
     line = (np.float32(a), np.float32(b))
     # Judge with the noise at the top of its estimate's error (a variance from n wavelet details
@@ -168,25 +197,25 @@ def fuse(noisy: np.ndarray, prediction: np.ndarray, centre_weight: float,
     if not blind and count < 2 * PER_BIN:
         # Too few details to fit the noise line: a network that saw the pixel loses more to a wrong
         # line than it can gain (64x64 MR slices with photon noise: -1.3 to -3.1 dB).
-        return mu.copy(), np.zeros_like(mu)
+        return None
     caution = np.float32(1.0 + 4.7 / np.sqrt(max(count, 1)))
-    table = _bin_table([(y_ - m_, m_) for y_, m_ in samples], line, keep)
+    # The weights per intensity bin: a candidate for blind-spot networks only (a sort of every sample:
+    # 18 ms of the 60 ms that choosing took for a 4096 x 4096 image on one core).
+    table = _bin_table([(y_ - m_, m_) for y_, m_ in samples], line, keep) if blind else _NO_TABLE
     best, best_risk = None, 0.0
-    threads = _threads()
-    with ThreadPoolExecutor(threads) as pool:  # numpy and scipy release the GIL in these
+    with ThreadPoolExecutor(_threads()) as pool:  # numpy and scipy release the GIL in these
         for choice in ("bins", *_WIDTHS) if blind else _WIDTHS:
             gain = np.concatenate(list(pool.map(
                 lambda sample: _gain(sample[0] - sample[1], sample[1], line, keep, choice, table, caution), samples)))
             risk, error = gain.mean(), gain.std() / np.sqrt(gain.size)
             if risk < best_risk and risk < -2.0 * error:  # better, and not by chance
                 best, best_risk = choice, risk
-        if best is None:
-            return mu.copy(), np.zeros_like(mu)
-        r = y - mu
-        reach = 0 if best == "bins" else int(4.0 * best + 0.5)  # scipy's Gaussian radius (truncate=4)
-        weight = _by_slabs(lambda r_, mu_: _weights(r_, mu_, line, keep, best, table, slope=False)[0],
-                           (r, mu), reach, pool, threads)
-    return mu + weight * r, weight
+    return None if best is None else (best, line, keep, table)
+
+
+def _host(array) -> np.ndarray:
+    """A small piece of an image as a float32 host array (copied from the device if it is there)."""
+    return np.asarray(jax.device_get(array), np.float32)
 
 
 def _threads() -> int:
@@ -304,7 +333,12 @@ def fusion_applies(config) -> bool:
 
 def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.ndarray | None = None,
                 blind: bool = True, noisy: np.ndarray | None = None, units=1.0, noise=None):
-    """:func:`fuse` every image and channel of a batch, in place.
+    """:func:`fuse` every image and channel of a batch.
+
+    Host arrays are fused in place. JAX arrays (the accelerator route) stay
+    on their device: the choice is made from crops read back, and every
+    pixel is fused there (:mod:`.resident_fusion`); ``predictions`` and
+    ``std`` are then donated, so use the returned arrays.
 
     Parameters
     ----------
@@ -330,19 +364,32 @@ def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.nd
 
     Returns
     -------
+    predictions, std : ndarray or jax.Array
+        The fused predictions and their scaled spread (None without ``std``).
     mean_weight : float
         The mean weight of the noisy images (0: the predictions unchanged).
     """
     noisy = images if noisy is None else noisy
     units = np.broadcast_to(np.asarray(units, np.float64), (images.shape[-1],))
+    on_device = isinstance(predictions, jax.Array)
     weights = []
     for n in range(images.shape[0]):
         # Image by image, so that a stack gives the same result whole or plane by plane.
         centre_weight = divergence(network, images[n:n + 1], noise=None if noise is None else noise[n:n + 1])
         for c in range(images.shape[-1]):
             at = (n, ..., c)
-            predictions[at], weight = fuse(noisy[at], predictions[at], centre_weight * units[c], blind)
-            if std is not None:
-                std[at] *= 1.0 - weight
-            weights.append(weight.mean())
-    return float(np.mean(weights))
+            if not on_device:
+                predictions[at], weight = fuse(noisy[at], predictions[at], centre_weight * units[c], blind)
+                if std is not None:
+                    std[at] *= 1.0 - weight
+                weights.append(weight.mean())
+                continue
+            chosen = choose(noisy[at], predictions[at], centre_weight * units[c], blind)
+            if chosen is None:
+                weights.append(0.0)
+                continue
+            best, line, keep, table = chosen
+            predictions, std, weight = fuse_plane(predictions, std, noisy, np.array([n, c], np.int32), line,
+                                                  np.float32(keep), padded_table(table), choice=best)
+            weights.append(weight)
+    return predictions, std, float(np.mean(jax.device_get(weights)))

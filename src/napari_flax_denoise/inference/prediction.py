@@ -213,10 +213,15 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         )
     if fold:  # a one-channel model denoises each channel separately
         x = np.moveaxis(x, -1, 1).reshape(-1, *layout.spatial_shape, 1)
+    raw = x
+    if active().resident_inference:  # the image goes to the device once; the result comes back once
+        # In its own type (uint16 is half of float32's bytes); 64-bit types as float32, which JAX
+        # would otherwise narrow (int64 to int32) without a word.
+        x = jax.device_put(x if x.dtype.itemsize <= 4 else x.astype(np.float32))
     input_norm, output_norm = model.input_norm, model.output_norm
     if config.normalize_per_image:  # a pretrained model meets every image on the image's own scale
         input_norm = output_norm = Normalization.fit([x], config.normalization)
-    noise = _noise_of(x, config, input_norm, noise_level)
+    noise = _noise_of(raw, config, input_norm, noise_level)  # from a few crops, read on the host
     x = input_norm.apply(x)
     if noise is not None and report is not None:
         report.setdefault("noise_levels", []).extend(noise.tolist())
@@ -237,11 +242,13 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         same = input_norm == output_norm  # n2v / n2v2 and per-image models: no copy of a large stack
         noisy = x if same else output_norm.apply(input_norm.undo(x))
         units = 1.0 if same else np.float32(output_norm.scale) / np.float32(input_norm.scale)
-        weight = fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy, units=units,
-                             noise=noise)
+        mean, std, weight = fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy,
+                                        units=units, noise=noise)
         if report is not None:
             report.setdefault("fusion_weights", []).append(weight)
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
+    if isinstance(mean, jax.Array):  # the one transfer back, into arrays the caller owns (writable)
+        mean, std = (None if a is None else np.array(a) for a in (mean, std))
     if fold:  # back from one-channel images to channels
         mean, std = (None if a is None else np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1)
                      for a in (mean, std))
@@ -263,12 +270,11 @@ def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision, 
     """The network's prediction of normalised ``x`` (and its TTA spread), by the active profile's route;
     ``noise``: a noise-aware model's channels per image (constant, so the TTA symmetries leave them alone).
 
-    Returns host arrays (``std`` None without ``with_std``).
+    Returns host arrays on the host route, device arrays on the resident one (``std`` None without
+    ``with_std``).
     """
     profile = active()
-    if profile.resident_inference:  # the image goes to the device once; the result comes back once
-        x = jax.device_put(x)
-
+    if profile.resident_inference:  # ``x`` is on the device already; so is the result
         def predict(images, shape):
             return predict_resident(model, images, shape, halos, batch_size, conv=profile.convolution,
                                     precision=precision, noise=noise)
@@ -279,7 +285,7 @@ def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision, 
         mean, std = yield from tta_mean_std(predict, x, tile_shape, with_std)
     else:
         mean, std = (yield from predict(x, tile_shape)), None
-    return np.array(mean), None if std is None else np.array(std)  # writable copies: fusion works in place
+    return mean, std
 
 
 def denoise(image, model=None, *, axes: str, tile_shape=None, overlap=None, batch_size=None,

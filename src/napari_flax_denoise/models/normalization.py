@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ from ..errors import UserInputError
 
 PERCENTILES = (1.0, 99.8)
 _MAX_SAMPLES = 4_000_000
+_NOT_FINITE = "The image contains NaN or infinite values; replace them (e.g. with the median) first."
 
 
 @dataclass(frozen=True)
@@ -36,34 +38,41 @@ class Normalization:
         ----------
         images : sequence of ndarray
             All with the same channel count. Large inputs are subsampled with
-            a regular stride, so memory stays bounded.
+            a regular stride, so memory stays bounded. JAX arrays (one image
+            on the accelerator route) are reduced where they are, and only the
+            statistics come back.
         method : {'percentile', 'meanstd'}
             ``percentile`` maps the 1st / 99.8th percentiles to 0 / 1;
             ``meanstd`` maps mean / standard deviation to 0 / 1.
         """
+        if method not in ("percentile", "meanstd"):
+            raise UserInputError(f"normalization must be 'percentile' or 'meanstd', not {method!r}.")
         channels = images[0].shape[-1]
+        xp = array_namespace(images[0])
         samples = []
         for image in images:
-            if not isinstance(image, np.ndarray):  # lazy: read a few planes, never the whole array
+            if xp is np and not isinstance(image, np.ndarray):  # lazy: read a few planes, never the whole array
                 image = _some_planes(image, _MAX_SAMPLES // len(images))
             flat = image.reshape(-1, channels)
             stride = max(1, flat.shape[0] * len(images) // _MAX_SAMPLES)
-            samples.append(np.asarray(flat[::stride], np.float64))
-        values = np.concatenate(samples)
-        if not np.all(np.isfinite(values)):
-            raise UserInputError(
-                "The image contains NaN or infinite values; replace them (e.g. with the median) first."
-            )
+            # float64 on the host; float32 on a device (exact for integer images up to 2**24)
+            samples.append(xp.asarray(flat[::stride], np.float64 if xp is np else np.float32))
+        values = xp.concatenate(samples)
+        finite = xp.all(xp.isfinite(values))
+        if xp is np and not finite:  # before the statistics, which NaN would only spoil
+            raise UserInputError(_NOT_FINITE)
         if method == "percentile":
-            low, high = np.percentile(values, PERCENTILES, axis=0)
-            offset, scale = low, high - low
+            low, high = xp.percentile(values, xp.asarray(PERCENTILES), axis=0)
             # Sparse images (mostly background) can have equal percentiles.
             spread = values.max(axis=0) - values.min(axis=0)
-            scale = np.where(scale > 0, scale, spread)
-        elif method == "meanstd":
-            offset, scale = values.mean(axis=0), values.std(axis=0)
+            statistics = (low, xp.where(high > low, high - low, spread))
         else:
-            raise UserInputError(f"normalization must be 'percentile' or 'meanstd', not {method!r}.")
+            statistics = (values.mean(axis=0), values.std(axis=0))
+        if xp is not np:  # from a device, the few numbers come back in one transfer
+            finite, statistics = sys.modules["jax"].device_get((finite, statistics))
+            if not finite:
+                raise UserInputError(_NOT_FINITE)
+        offset, scale = (np.asarray(v, np.float64) for v in statistics)
         if np.any(scale <= 0):
             raise UserInputError(
                 "The image is constant (every pixel has the same value), so there is no noise to "
@@ -77,20 +86,23 @@ class Normalization:
         return cls("identity", (0.0,) * channels, (1.0,) * channels)
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """Normalise a channels-last array to float32."""
+        """Normalise a channels-last array to float32 (a JAX array stays on its device)."""
+        xp = array_namespace(image)
         offset, scale = self._arrays(image.shape[-1])
-        return ((np.asarray(image, np.float32) - offset) / scale).astype(np.float32, copy=False)
+        return ((xp.asarray(image, np.float32) - offset) / scale).astype(np.float32, copy=False)
 
     def undo(self, image: np.ndarray, *, shift: bool = True) -> np.ndarray:
         """Map a normalised channels-last array back to the original intensities.
 
         ``shift=False`` scales only, for spreads such as a standard deviation.
+        A JAX array stays on its device.
         """
+        xp = array_namespace(image)
         offset, scale = self._arrays(image.shape[-1])
-        out = np.asarray(image, np.float32) * scale
-        if shift:
-            out += offset
-        return out
+        out = xp.asarray(image, np.float32) * scale
+        if shift and xp is np:
+            out += offset  # in place: a large stack's result is not copied again
+        return out + offset if shift and xp is not np else out
 
     def _arrays(self, channels: int):
         if channels != len(self.offset):
@@ -122,6 +134,15 @@ class Normalization:
             raise UserInputError(f"the normalisation {values!r} is not one (finite offsets and positive scales, "
                                  "one per channel)")
         return cls(method, tuple(map(float, offset)), tuple(map(float, scale)))
+
+
+def array_namespace(array):
+    """``jax.numpy`` for a JAX array (the accelerator route keeps images on the device), else ``numpy``.
+
+    Looks JAX up only if it is already imported, so host-only callers never import it.
+    """
+    jax = sys.modules.get("jax")
+    return jax.numpy if jax is not None and isinstance(array, jax.Array) else np
 
 
 def _some_planes(image, budget: int) -> np.ndarray:
