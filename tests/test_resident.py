@@ -129,7 +129,7 @@ def test_fusing_one_plane_on_the_device_uses_the_host_routes_weights(choice):
     import jax.numpy as jnp
 
     from napari_flax_denoise.inference.fusion import _bin_table, _weights
-    from napari_flax_denoise.inference.resident_fusion import fuse_plane, padded_table
+    from napari_flax_denoise.inference.resident_fusion import CANDIDATES, _padded, fuse_plane
 
     rng = np.random.default_rng(5)
     mu = rng.normal(0.5, 0.2, (2, 64, 48, 1)).astype(np.float32)
@@ -141,8 +141,58 @@ def test_fusing_one_plane_on_the_device_uses_the_host_routes_weights(choice):
     weight = _weights(r, m, line, keep, choice, table, slope=False)[0]
     assert 0.05 < weight.mean() < 0.95  # a real mixture
     fused, spread, mean = fuse_plane(jnp.asarray(mu), jnp.asarray(std), jnp.asarray(noisy), np.array([1, 0], np.int32),
-                                     line, np.float32(keep), padded_table(table), choice=choice)
+                                     np.int32(CANDIDATES.index(choice)), line, np.float32(keep), _padded(*table))
     np.testing.assert_allclose(np.asarray(fused)[1, ..., 0], m + weight * r, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(fused)[0], mu[0])
     np.testing.assert_allclose(np.asarray(spread)[1, ..., 0], 0.05 * (1 - weight), atol=1e-6)
     np.testing.assert_allclose(float(mean), weight.mean(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("sigma, smooth, blind, centre", [
+    (0.02, 0.5, False, 0.3), (0.1, 2.5, True, 0.01), (0.1, 1.0, True, 0.6), (0.1, 0.5, False, 0.3)])
+def test_a_large_image_is_chosen_for_on_the_device_as_on_the_host(sigma, smooth, blind, centre):
+    """The noise line, the table per intensity bin (bins merged when D is large) and the choice of weights
+    (a Gaussian window, or none) from the crops of a large image."""
+    import jax.numpy as jnp
+    from scipy import ndimage
+    from skimage import data, transform
+
+    from napari_flax_denoise.inference.fusion import _crops, choose
+    from napari_flax_denoise.inference.resident_fusion import CANDIDATES, choose_on_device
+
+    clean = transform.resize(data.camera() / 255.0, (600, 640)).astype(np.float32)
+    noisy = (clean + np.random.default_rng(6).normal(0, sigma, clean.shape)).astype(np.float32)
+    prediction = ndimage.gaussian_filter(noisy, smooth)
+    crops = _crops(noisy.shape)
+    assert len(crops) == 4
+    host = choose(noisy, prediction, centre, blind)
+    best, line, keep, table = choose_on_device(jnp.stack([noisy[c] for c in crops]),
+                                               jnp.stack([prediction[c] for c in crops]), centre, blind=blind)
+    assert (None if int(best) < 0 else CANDIDATES[int(best)]) == (None if host is None else host[0])
+    if host is not None:
+        np.testing.assert_allclose(np.array(line), host[1], rtol=1e-4)
+        np.testing.assert_allclose(float(keep), host[2], rtol=1e-6)
+    if host is not None and blind:
+        bins = len(host[3][0])
+        np.testing.assert_allclose(np.array(table[0])[:bins], host[3][0], rtol=1e-5)
+        np.testing.assert_allclose(np.array(table[1])[:bins], host[3][1], atol=1e-5)
+        assert bins < 12 if centre > 0.5 else bins == 12  # a large D merges bins
+
+
+@pytest.mark.parametrize("noise_input", [False, True])
+def test_a_large_image_is_fused_on_the_device_as_on_the_host(noise_input):
+    """Normalisation, the noise channels, divergence, the choice from four crops and every pixel's weight
+    on the device."""
+    model = _model(noise_input=noise_input)
+    rng = np.random.default_rng(7)
+    clean = 50 + 20 * np.sin(np.arange(600)[:, None] / 9.0) * np.cos(np.arange(560)[None] / 13.0)
+    image = (clean + rng.normal(0, 5, clean.shape)).astype(np.float32)
+    results, reports = {}, {}
+    for name in ("cpu", "accelerator"):
+        with use_backend(name):
+            reports[name] = {}
+            results[name] = drive(denoise_iter(image, model, axes="YX", fusion=True, report=reports[name]))
+    assert reports["cpu"]["fusion_weights"][0] > 0.05  # fusion did something
+    for key in reports["cpu"]:  # the fusion weight, and the noise channels of a noise-aware model
+        np.testing.assert_allclose(reports["accelerator"][key], reports["cpu"][key], rtol=1e-4)
+    np.testing.assert_allclose(results["accelerator"], results["cpu"], atol=1e-4 * np.ptp(image))

@@ -2,14 +2,15 @@
 
 ``prediction``
     ``denoise`` / ``denoise_iter``: normalisation, tiles, test-time augmentation, lazy stacks.
-``resident``
-    The accelerator route: the image stays on the device, tiles are cut and stitched there.
+``resident``, ``resident_fusion``
+    The accelerator route: the image stays on the device, tiles are cut and stitched there,
+    and fusion runs there too.
 ``augmentation``
     Test-time augmentation over the 8 symmetries of the YX plane.
 ``tiling``
     Tile shapes and spans.
-``fusion``, ``noise``
-    Pixel fusion and the noise line it fits.
+``fusion``
+    Pixel fusion (the noise line it fits is in ``noise``).
 ``batch``
     Files in, files out: one input or many into a folder, with one model load.
 ``cluster``

@@ -32,6 +32,9 @@ it still smooths fine texture away, and the same rule puts some back. For it
 only the local estimates are candidates, and an image too small to fit the
 noise line is left alone (see :func:`fuse`).
 
+This module works on the host (NumPy, SciPy); on the accelerator route the
+same steps run on the device (:mod:`.resident_fusion`).
+
 """
 
 from __future__ import annotations
@@ -46,10 +49,10 @@ import numpy as np
 from flax import nnx
 from scipy import ndimage
 
+from ..runtime.arrays import array_namespace
 from ..runtime.backend import active
 from ..noise.level import with_noise
 from ..noise.line import PER_BIN, binned, noise_line
-from .resident_fusion import fuse_plane, padded_table
 
 # Patches per image for the divergence probe and their edge (a multiple of 16 for any depth).
 # Small patches spread over the image: D varies with the content more than the probe's own
@@ -92,27 +95,28 @@ def divergence(network, images, *, seed: int = 0, noise=None) -> float:
     -------
     float
         ``D``: 0 when the output ignores the centre pixel, 1 when it passes
-        the pixel through.
+        the pixel through (a JAX scalar for device images).
     """
     dims = images.ndim - 2
     count, edge = _PATCH[dims]
+    xp = array_namespace(images)  # device images: the patches are cut there, and D stays there
     rng = np.random.default_rng(seed)
     short = [max(edge - s, 0) for s in images.shape[1:-1]]
     if any(short):  # small images: mirror up to one patch
-        images = np.pad(_host(images), [(0, 0)] + [(0, s) for s in short] + [(0, 0)], mode="symmetric")
+        images = xp.pad(images, [(0, 0)] + [(0, s) for s in short] + [(0, 0)], mode="symmetric")
     patches, levels = [], []
     for _ in range(count):
         n = rng.integers(images.shape[0])
         corner = [rng.integers(s - edge + 1) for s in images.shape[1:-1]]
-        patches.append(_host(images[(n, *(slice(c, c + edge) for c in corner))]))
+        patches.append(images[(n, *(slice(c, c + edge) for c in corner))])
         levels.append(None if noise is None else noise[n])
-    patches = np.stack(patches).astype(np.float32)
+    patches = xp.stack(patches).astype(np.float32)
     probe = rng.choice(np.array([-1.0, 1.0], np.float32), patches.shape)
     graphdef, state = nnx.split(network)
-    levels = None if noise is None else np.stack(levels).astype(np.float32)
-    product = np.asarray(_probe(graphdef, active().convolution, state, patches, probe, levels))
+    levels = None if noise is None else xp.stack(levels).astype(np.float32)
+    product = _probe(graphdef, active().convolution, state, patches, probe, levels)
     inner = (slice(None), *(slice(_BORDER, edge - _BORDER),) * dims)
-    return float(product[inner].mean())
+    return product[inner].mean() if xp is not np else float(np.asarray(product)[inner].mean())
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -333,12 +337,8 @@ def fusion_applies(config) -> bool:
 
 def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.ndarray | None = None,
                 blind: bool = True, noisy: np.ndarray | None = None, units=1.0, noise=None):
-    """:func:`fuse` every image and channel of a batch.
-
-    Host arrays are fused in place. JAX arrays (the accelerator route) stay
-    on their device: the choice is made from crops read back, and every
-    pixel is fused there (:mod:`.resident_fusion`); ``predictions`` and
-    ``std`` are then donated, so use the returned arrays.
+    """:func:`fuse` every image and channel of a batch, in place (host arrays; the accelerator
+    route's twin is :func:`.resident_fusion.fuse_on_device`).
 
     Parameters
     ----------
@@ -364,32 +364,21 @@ def fuse_images(network, images: np.ndarray, predictions: np.ndarray, std: np.nd
 
     Returns
     -------
-    predictions, std : ndarray or jax.Array
-        The fused predictions and their scaled spread (None without ``std``).
+    predictions, std : ndarray
+        The same arrays, fused (``std`` None if not given).
     mean_weight : float
         The mean weight of the noisy images (0: the predictions unchanged).
     """
     noisy = images if noisy is None else noisy
     units = np.broadcast_to(np.asarray(units, np.float64), (images.shape[-1],))
-    on_device = isinstance(predictions, jax.Array)
     weights = []
     for n in range(images.shape[0]):
         # Image by image, so that a stack gives the same result whole or plane by plane.
         centre_weight = divergence(network, images[n:n + 1], noise=None if noise is None else noise[n:n + 1])
         for c in range(images.shape[-1]):
             at = (n, ..., c)
-            if not on_device:
-                predictions[at], weight = fuse(noisy[at], predictions[at], centre_weight * units[c], blind)
-                if std is not None:
-                    std[at] *= 1.0 - weight
-                weights.append(weight.mean())
-                continue
-            chosen = choose(noisy[at], predictions[at], centre_weight * units[c], blind)
-            if chosen is None:
-                weights.append(0.0)
-                continue
-            best, line, keep, table = chosen
-            predictions, std, weight = fuse_plane(predictions, std, noisy, np.array([n, c], np.int32), line,
-                                                  np.float32(keep), padded_table(table), choice=best)
-            weights.append(weight)
-    return predictions, std, float(np.mean(jax.device_get(weights)))
+            predictions[at], weight = fuse(noisy[at], predictions[at], centre_weight * units[c], blind)
+            if std is not None:
+                std[at] *= 1.0 - weight
+            weights.append(weight.mean())
+    return predictions, std, float(np.mean(weights))

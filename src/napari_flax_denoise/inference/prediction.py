@@ -34,6 +34,7 @@ from ..runtime.devices import Placement, default_batch_size
 from .augmentation import tta_mean_std
 from .fusion import fuse_images, fusion_applies
 from .resident import apply_network, predict_resident
+from .resident_fusion import fuse_on_device
 from .tiling import check_tiling, default_tile_shape, edge_margin, tile_spans
 
 
@@ -213,7 +214,6 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         )
     if fold:  # a one-channel model denoises each channel separately
         x = np.moveaxis(x, -1, 1).reshape(-1, *layout.spatial_shape, 1)
-    raw = x
     if active().resident_inference:  # the image goes to the device once; the result comes back once
         # In its own type (uint16 is half of float32's bytes); 64-bit types as float32, which JAX
         # would otherwise narrow (int64 to int32) without a word.
@@ -221,12 +221,8 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     input_norm, output_norm = model.input_norm, model.output_norm
     if config.normalize_per_image:  # a pretrained model meets every image on the image's own scale
         input_norm = output_norm = Normalization.fit([x], config.normalization)
-    noise = _noise_of(raw, config, input_norm, noise_level)  # from a few crops, read on the host
+    noise = _noise_of(x, config, input_norm, noise_level)  # from a few crops, where the image is
     x = input_norm.apply(x)
-    if noise is not None and report is not None:
-        report.setdefault("noise_levels", []).extend(noise.tolist())
-        sigma = np.sqrt(np.mean(np.square(noise, dtype=np.float64), axis=1)) * input_norm.scale[0]
-        report.setdefault("noise_sigmas", []).extend(sigma.tolist())
     if tile_shape is None:
         tile_shape = default_tile_shape(layout.spatial_shape, config)
     tile_shape, halos = check_tiling(tile_shape, overlap, layout.spatial_shape, config)
@@ -242,10 +238,16 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         same = input_norm == output_norm  # n2v / n2v2 and per-image models: no copy of a large stack
         noisy = x if same else output_norm.apply(input_norm.undo(x))
         units = 1.0 if same else np.float32(output_norm.scale) / np.float32(input_norm.scale)
-        mean, std, weight = fuse_images(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy,
-                                        units=units, noise=noise)
+        fuse = fuse_on_device if isinstance(mean, jax.Array) else fuse_images
+        mean, std, weight = fuse(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy,
+                                 units=units, noise=noise)
         if report is not None:
             report.setdefault("fusion_weights", []).append(weight)
+    if noise is not None and report is not None:  # read once the device has the work
+        noise = np.asarray(jax.device_get(noise), np.float32)
+        report.setdefault("noise_levels", []).extend(noise.tolist())
+        sigma = np.sqrt(np.mean(np.square(noise, dtype=np.float64), axis=1)) * input_norm.scale[0]
+        report.setdefault("noise_sigmas", []).extend(sigma.tolist())
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
     if isinstance(mean, jax.Array):  # the one transfer back, into arrays the caller owns (writable)
         mean, std = (None if a is None else np.array(a) for a in (mean, std))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserInputError
+from ..runtime.arrays import array_namespace
 
 PERCENTILES = (1.0, 99.8)
 _MAX_SAMPLES = 4_000_000
@@ -134,15 +135,6 @@ class Normalization:
             raise UserInputError(f"the normalisation {values!r} is not one (finite offsets and positive scales, "
                                  "one per channel)")
         return cls(method, tuple(map(float, offset)), tuple(map(float, scale)))
-
-
-def array_namespace(array):
-    """``jax.numpy`` for a JAX array (the accelerator route keeps images on the device), else ``numpy``.
-
-    Looks JAX up only if it is already imported, so host-only callers never import it.
-    """
-    jax = sys.modules.get("jax")
-    return jax.numpy if jax is not None and isinstance(array, jax.Array) else np
 
 
 def _some_planes(image, budget: int) -> np.ndarray:

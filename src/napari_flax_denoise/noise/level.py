@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserInputError
+from ..runtime.arrays import array_namespace
 from .line import noise_line
 
 _CROP = {2: 128, 3: 48}  # crop edge per spatial dimension
@@ -51,15 +52,20 @@ def variance_line(level) -> tuple[float, float]:
                          f"(e.g. 2.5,-80), in the image's intensity units, not {level!r}.")
 
 
-def estimate_line(image: np.ndarray) -> tuple[float, float]:
-    """The noise variance line ``(a, b)`` of one raw image (spatial axes only), from up to 16 crops."""
-    edge, most = _CROP.get(image.ndim, 48), _CROPS_PER_AXIS.get(image.ndim, 2)
+def crop_windows(shape) -> list[tuple]:
+    """Where :func:`estimate_line` looks in an image of spatial ``shape``: up to 16 crops in 2D, 8 in 3D."""
+    edge, most = _CROP.get(len(shape), 48), _CROPS_PER_AXIS.get(len(shape), 2)
     spans = []
-    for size in image.shape:
+    for size in shape:
         side = min(size, edge)
         starts = np.linspace(0, size - side, min(most, max(size // edge, 1))).round().astype(int)
         spans.append([slice(int(start), int(start) + side) for start in starts])
-    crops = [np.asarray(image[index], np.float64) for index in itertools.product(*spans)]
+    return list(itertools.product(*spans))
+
+
+def estimate_line(image: np.ndarray) -> tuple[float, float]:
+    """The noise variance line ``(a, b)`` of one raw image (spatial axes only), from up to 16 crops."""
+    crops = [np.asarray(image[index], np.float64) for index in crop_windows(image.shape)]
     return noise_line(crops, crops)
 
 
@@ -75,11 +81,31 @@ def noise_features(images: np.ndarray, offset: float, scale: float, level=None) 
     """``(N, 2)`` noise channels for raw model-layout one-channel ``images`` ``(N, *spatial, 1)``.
 
     ``level`` (optional, image units, see :func:`variance_line`) is used for
-    every image instead of an estimate of each one's own.
+    every image instead of an estimate of each one's own. For large images
+    on a device the estimate is made there and the channels stay there (a
+    JAX array); small ones are read crop by crop.
     """
     given = None if level is None else variance_line(level)
+    if given is None and array_namespace(images) is not np:  # the accelerator route: estimated on the device
+        estimated = _features_on_device(images, offset, scale)
+        if estimated is not None:
+            return estimated
     return np.array([features(given or estimate_line(image[..., 0]), offset, scale) for image in images],
                     np.float32)
+
+
+def _features_on_device(images, offset: float, scale: float):
+    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``; None for images under twice
+    the extent of the crops (then the host reads them: each crop shape would compile anew, and the one
+    program's compilation would slow the first start of a small job more than it saves)."""
+    from .resident_line import features
+
+    spatial = images.shape[1:-1]
+    if min(spatial) < 2 * _CROP.get(len(spatial), 48) * _CROPS_PER_AXIS.get(len(spatial), 2):
+        return None
+    windows = crop_windows(spatial)
+    return jnp.stack([features(jnp.stack([images[(n, *window, 0)] for window in windows]),
+                               jnp.float32(offset), jnp.float32(scale)) for n in range(images.shape[0])])
 
 
 def with_noise(images, noise):
