@@ -8,6 +8,9 @@
                                                 # make a model noise-aware and train it on
     python scripts/train_embedded.py --init general-2d --realizations 2 --synthetic 16 --output /tmp/more
                                                 # more noise draws, and synthetic fluorescence images
+    python scripts/train_embedded.py --steps 8000 --settings '{"depth": 3, "features": 48, "noise_input": true}' \
+        --realizations 2 --synthetic 16 --no-evaluate --output /tmp/large
+                                                # a larger network from scratch (a GPU run: scripts/gpu_train.sh)
     python scripts/train_embedded.py --card-only   # rewrite the card from the saved metrics
     python scripts/train_embedded.py --evaluate-only --compare OLD   # measure again, beside OLD
 
@@ -125,7 +128,7 @@ def train(output: Path, steps: int, work: Path, init=None, learning_rate=None, n
               **(settings or {})}
     (work / "config.json").write_text(json.dumps(config))
     epochs = max(steps // 100, 1)
-    subprocess.run(["flax-denoise", "train", *inputs, "--target", *targets, "--axes", axes, "--algorithm", "care",
+    subprocess.run([sys.executable, "-m", "napari_flax_denoise.cli", "train", *inputs, "--target", *targets, "--axes", axes, "--algorithm", "care",
                     "--config", str(work / "config.json"), "--epochs", str(epochs),
                     "--steps-per-epoch", str(steps // epochs), "--output", str(output),
                     *(["--init", init] if init else []),
@@ -301,6 +304,11 @@ def main(argv=None):
                         help="noisy copies of each image under each noise (own draws; twice as many for weak noise)")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="add this many synthetic fluorescence-like images (scripts/volumes.py) to the data")
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help="more training settings for a run from scratch, as JSON (e.g. depth, features, "
+                             "noise_input, batch_size, patch_size)")
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="train only (measure later with --evaluate-only, e.g. on another machine)")
     parser.add_argument("--compare", help="also score this model (embedded name or directory) on the held-out "
                                           "images, as the model the new one replaces")
     parser.add_argument("--rebuild", action="store_true",
@@ -321,8 +329,12 @@ def main(argv=None):
     else:
         if args.noise_input and not args.init:
             parser.error("--noise-input widens an existing model: give --init")
+        if args.settings and args.init:
+            parser.error("--settings shape a new network: leave --init out")
         train_stage(args.output, args.init, args.steps, args.learning_rate, args.noise_input, args.realizations,
-                    args.synthetic)
+                    args.synthetic, args.settings)
+    if args.no_evaluate:
+        return None
     rows = evaluate(args.output, args.compare)
     (args.output / "metrics.json").write_text(json.dumps(rows, indent=1))
     card(args.output, rows)
@@ -340,16 +352,17 @@ def rebuild(stages, output: Path, train_stage) -> None:
 
 
 def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, noise_input=False,
-                realizations=1, synthetic=0) -> None:
+                realizations=1, synthetic=0, settings=None) -> None:
     """One training run into ``output`` (from ``init``, widened first with ``noise_input``; ``realizations``
-    noisy copies per image and noise, ``synthetic`` fluorescence-like images added); its
-    ``training_record`` tells every run so far."""
+    noisy copies per image and noise, ``synthetic`` fluorescence-like images added; ``settings``: more
+    config values); its ``training_record`` tells every run so far."""
     start = training_record(init) if init else None  # read before an output may replace it
     names = TRAIN_IMAGES + [f"synthetic-{i}" for i in range(synthetic)]
     with tempfile.TemporaryDirectory() as work:
         if noise_input:
             init = noise_aware(init, Path(work) / "start")
-        train(output, steps, Path(work), init, learning_rate, names=names, load=load_any, realizations=realizations)
+        train(output, steps, Path(work), init, learning_rate, names=names, load=load_any, realizations=realizations,
+              settings=settings)
     for leftover in ("last",):  # the resume state is not shipped
         subprocess.run(["rm", "-rf", str(output / leftover)], check=True)
     info = json.loads((output / "model.json").read_text())
