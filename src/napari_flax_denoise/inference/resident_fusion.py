@@ -7,9 +7,9 @@ image, the choice of weights from its crops (the noise line of
 every candidate, in one compiled program for every image of that crop
 size); and the weights, the fused value and the spread scaled by ``1 - w``
 for every pixel, in one compiled call per image and channel that updates the
-device's arrays in place. An image small enough to be its own crop (up to
-512 x 512) is chosen for on the host from the copy of its crop, as
-:func:`.fusion.choose` does. It computes what the host route computes
+device's arrays in place. Smaller images (up to 512 x 512, or under 256
+pixels along an axis), whose crops take their own shapes, are chosen for on
+the host from copies of their crops, as :func:`.fusion.choose` does. It computes what the host route computes
 (scipy's Gaussian filter with its ``reflect`` edges, ``np.interp``), in
 float32, so a choice between two nearly equal candidates may differ.
 """
