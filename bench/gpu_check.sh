@@ -23,7 +23,7 @@ tail -c 2500 "$OUT/gpu.log"
 # The files whose path depends on the backend profile, on the GPU (float32 comparisons pin full precision
 # themselves); 8 workers share the GPU.
 timeout 230 python3 -m pytest -q -n 8 -p no:cacheprovider -m "not slow" tests/test_resident.py tests/test_backend.py \
-  tests/test_prediction.py tests/test_fusion.py tests/test_noise_level.py tests/test_device_training.py \
+  tests/test_prediction.py tests/test_fusion.py tests/test_noise_level.py tests/test_normalization.py tests/test_device_training.py \
   tests/test_training.py > "$OUT/tests.log" 2>&1
 echo "tests exit $?"
 tail -c 2500 "$OUT/tests.log"
