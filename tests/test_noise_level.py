@@ -72,17 +72,3 @@ def test_noise_aware_training_gives_every_patch_its_images_level(algorithm, nois
         model = train(images, axes="YX", config=config.replace(epochs=1)).model
         assert model.config.noise_input
         assert np.isfinite(denoise(noisy, model, axes="YX")).all()
-
-
-@pytest.mark.parametrize("shape", [(2, 1030, 1040), (1, 192, 200, 196)])
-def test_the_noise_channels_of_a_large_image_are_estimated_on_its_device_as_on_the_host(shape):
-    """The accelerator route: 16 (2D) or 8 (3D) crops cut and measured where the image is."""
-    rng = np.random.default_rng(8)
-    clean = rng.uniform(100, 3000, shape[:-2] + (1, 1)) * (1 + 0.5 * np.sin(np.arange(shape[-1]) / 7.0))
-    images = (rng.poisson(clean * np.ones(shape)) * 2.0 + 100 + rng.normal(0, 5, shape))[..., None]
-    images = images.astype(np.float32)
-    host = noise_features(images, 300.0, 6000.0)
-    device = noise_features(jax.device_put(images), 300.0, 6000.0)
-    assert isinstance(device, jax.Array) and device.shape == (shape[0], 2)
-    assert host[0, 1] > 1.5 * host[0, 0] > 0  # photon noise: stronger where it is bright
-    np.testing.assert_allclose(np.asarray(device), host, rtol=1e-4)
