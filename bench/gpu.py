@@ -8,7 +8,8 @@ Every figure is measured in this run on this device (ratios side by side):
 * ``bare``: the network alone (jit, valid masks, upsampling inside the convolutions) on a batch of
   tiles already on the device;
 * ``denoise()`` end to end on 2048², 4096² and a stack of 8 x 2048² (fusion on and off), with TTA,
-  in 3D on 64 x 512² and 256 x 1024² (n2v2 3D), each as a ratio to the bare network;
+  in 3D on 64 x 512² and 256 x 1024² (n2v2 3D), each as a ratio to the bare network, with the share
+  of its time that only copying the image in and a float32 result out takes;
 * the same U-Net in PyTorch on the same device (fp32, TF32, bf16 autocast + channels-last), when
   PyTorch with CUDA is importable;
 * the command line's first and second run on the nuclei sample (cold: empty compile cache);
@@ -78,10 +79,13 @@ def bare_rate(model, batch, tile, precision="float32"):
 
 
 def end_to_end(model, shape, axes, **options):
+    """``denoise()``'s time on a random image, and the share of it that only copying the image to the
+    device and a float32 result back takes (what overlapping transfers with compute could win)."""
     image = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
     best, first = seconds(lambda: denoise(image, model, axes=axes, **options), repeats=2)
-    return {"shape": list(shape), "axes": axes, **options,
-            "seconds": best, "first_call_seconds": first, "mpix_per_s": image.size / best / 1e6}
+    transfer, _ = seconds(lambda: np.array(jax.device_put(image)), repeats=2)
+    return {"shape": list(shape), "axes": axes, **options, "seconds": best, "first_call_seconds": first,
+            "mpix_per_s": image.size / best / 1e6, "transfer_share": transfer / best}
 
 
 def torch_rates(batch, tile):
@@ -149,12 +153,13 @@ def peak_memory():
 def markdown(results):
     lines = [f"GPU run {results['measured']['date']} on {results['measured']['device']} "
              f"(jax {results['measured']['jax']}, profile {results['measured']['profile']}).", "",
-             "| case | MPix/s | of the bare network | first call (s) |", "|---|---|---|---|"]
+             "| case | MPix/s | of the bare network | copying in and out | first call (s) |", "|---|---|---|---|---|"]
     for row in results["end_to_end"]:
         label = f"{row['axes']} {'x'.join(map(str, row['shape']))}" + "".join(
             f", {k}={v}" for k, v in row.items() if k in ("fusion", "tta", "precision"))
         share = "3D model" if row["over_bare"] is None else f"{row['over_bare']:.0%}"
-        lines.append(f"| {label} | {row['mpix_per_s']:.1f} | {share} | {row['first_call_seconds']:.1f} |")
+        lines.append(f"| {label} | {row['mpix_per_s']:.1f} | {share} | {row['transfer_share']:.0%} of the time | "
+                     f"{row['first_call_seconds']:.1f} |")
     lines += ["", f"Bare network: {results['bare_mpix_s']:.0f} MPix/s (float32), "
               f"{results['bare_bf16_mpix_s']:.0f} (bfloat16); 3D {results['mvox_s_3d']:.1f} MVox/s end to end."]
     if results.get("torch"):
