@@ -133,6 +133,7 @@ def test_fine_tuning_from_the_default_keeps_its_architecture(noisy):
     assert chosen.model.config.learning_rate == 1e-3
 
 
+@pytest.mark.slow  # saving and loading: the same on both routes
 def test_a_model_fine_tuned_from_the_default_denoises_the_same_after_saving(noisy, tmp_path):
     # general-2d is residual; n2v2 fine-tuning keeps that, and so must the saved config.
     result = train(noisy, axes="YX", init="general-2d", algorithm="n2v2", epochs=1, steps_per_epoch=2,

@@ -161,12 +161,13 @@ def test_resuming_with_inputs_of_another_channel_count_is_refused(noisy, tiny_co
         start_run(np.stack([noisy, noisy]), axes="CYX", output=tmp_path / "run", resume=True)
 
 
+@pytest.mark.slow  # epoch-level logic, the same on both routes (the accelerator's own: test_device_training)
 def test_early_stopping(noisy, tiny_config):
     result = train(noisy, axes="YX", config=tiny_config.replace(epochs=30, patience=1, learning_rate=1e-6))
     assert result.stopped == "early_stopping" and len(result.history) < 30
 
 
-@pytest.mark.parametrize("algorithm", ["care", "n2n"])
+@pytest.mark.parametrize("algorithm", ["care", pytest.param("n2n", marks=pytest.mark.slow)])  # n2n: care's route
 def test_supervised_algorithms_improve_psnr(clean, noisy, tiny_config, algorithm):
     second = clean + np.random.default_rng(9).normal(0, 25, clean.shape).astype(np.float32)
     target = clean if algorithm == "care" else second
@@ -176,6 +177,7 @@ def test_supervised_algorithms_improve_psnr(clean, noisy, tiny_config, algorithm
     assert gain > 2
 
 
+@pytest.mark.slow  # what a fine-tune keeps is decided before either route runs
 @pytest.mark.parametrize("algorithm", ["n2v2", "care"])
 def test_fine_tuning_keeps_architecture(clean, noisy, tiny_model, algorithm):
     # An n2v2 model fine-tuned with care keeps its blur-pool network.
