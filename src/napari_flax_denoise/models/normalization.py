@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +69,9 @@ class Normalization:
         else:
             statistics = (values.mean(axis=0), values.std(axis=0))
         if xp is not np:  # from a device, the few numbers come back in one transfer
-            finite, statistics = sys.modules["jax"].device_get((finite, statistics))
+            import jax
+
+            finite, statistics = jax.device_get((finite, statistics))
             if not finite:
                 raise UserInputError(_NOT_FINITE)
         offset, scale = (np.asarray(v, np.float64) for v in statistics)
@@ -101,9 +102,12 @@ class Normalization:
         xp = array_namespace(image)
         offset, scale = self._arrays(image.shape[-1])
         out = xp.asarray(image, np.float32) * scale
-        if shift and xp is np:
-            out += offset  # in place: a large stack's result is not copied again
-        return out + offset if shift and xp is not np else out
+        if not shift:
+            return out
+        if xp is not np:
+            return out + offset
+        out += offset  # in place: a large stack's result is not copied again
+        return out
 
     def _arrays(self, channels: int):
         if channels != len(self.offset):
