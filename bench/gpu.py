@@ -8,6 +8,7 @@ Every figure is measured in this run on this device (ratios side by side):
 * ``bare``: the network alone (jit, valid masks, upsampling inside the convolutions) on a batch of
   tiles already on the device;
 * ``denoise()`` end to end on 2048², 4096² and a stack of 8 x 2048² (fusion on and off), with TTA,
+  the embedded general-2d on 4096²,
   in 3D on 64 x 512² and 256 x 1024² (n2v2 3D), each as a ratio to the bare network, with the share
   of its time that only copying the image in and a float32 result out takes;
 * the same U-Net in PyTorch on the same device (fp32, TF32, bf16 autocast + channels-last), when
@@ -37,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from napari_flax_denoise import Config, __version__, denoise, evaluate  # noqa: E402
+from napari_flax_denoise import Config, __version__, denoise, evaluate, load_model  # noqa: E402
 from napari_flax_denoise.inference.resident import apply_network  # noqa: E402
 from napari_flax_denoise.models.checkpoint import TrainedModel, build_network  # noqa: E402
 from napari_flax_denoise.models.normalization import Normalization  # noqa: E402
@@ -156,7 +157,7 @@ def markdown(results):
              "| case | MPix/s | of the bare network | copying in and out | first call (s) |", "|---|---|---|---|---|"]
     for row in results["end_to_end"]:
         label = f"{row['axes']} {'x'.join(map(str, row['shape']))}" + "".join(
-            f", {k}={v}" for k, v in row.items() if k in ("fusion", "tta", "precision"))
+            f", {k}={v}" for k, v in row.items() if k in ("model", "fusion", "tta", "precision"))
         share = "3D model" if row["over_bare"] is None else f"{row['over_bare']:.0%}"
         lines.append(f"| {label} | {row['mpix_per_s']:.1f} | {share} | {row['transfer_share']:.0%} of the time | "
                      f"{row['first_call_seconds']:.1f} |")
@@ -195,6 +196,11 @@ def main():
         rows.append(end_to_end(n2v, shape, axes, **options))
         rows[-1]["over_bare"] = rows[-1]["mpix_per_s"] / results["bare_mpix_s"]
         print(json.dumps(rows[-1]), flush=True)
+    # What a user runs by default: the embedded general-2d (normalised per image, noise level estimated on the
+    # device), against the same bare rate (its network has the same depth and features).
+    rows.append({"model": "general-2d", **end_to_end(load_model("general-2d"), (big, big), "YX")})
+    rows[-1]["over_bare"] = rows[-1]["mpix_per_s"] / results["bare_mpix_s"]
+    print(json.dumps(rows[-1]), flush=True)
     for shape in ([(16, 64, 64)] if quick else [(64, 512, 512), (256, 1024, 1024)]):
         rows.append(end_to_end(n2v2_3d, shape, "ZYX", fusion=False))
         rows[-1]["over_bare"] = None

@@ -8,11 +8,7 @@
 # Results: $OUT/gpu.json and gpu.md (copy them to bench/ and quote them in bench/README.md), gpu.log,
 # tests.log, device.txt.
 set -u
-OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-  >/dev/null || exit 3
-export PYTHONPATH=/tmp/site:$PWD/src XLA_PYTHON_CLIENT_PREALLOCATE=false
+source scripts/device_setup.sh
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import jax; print(jax.devices())"; } \
   > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"

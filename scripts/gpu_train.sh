@@ -9,11 +9,7 @@
 # The best weights are saved whenever validation improves, so a run cut short still leaves a model; a later
 # run continues it with INIT=<that folder> (and a lower LEARNING_RATE).
 set -u
-OUT=${OUT:-/tmp/gpu_train}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-  >/dev/null || exit 3
-export PYTHONPATH=/tmp/site:$PWD/src XLA_PYTHON_CLIENT_PREALLOCATE=false
+source scripts/device_setup.sh
 STEPS=${STEPS:-8000}
 if [ -n "${INIT:-}" ]; then
   start=(--init "$INIT" ${LEARNING_RATE:+--learning-rate "$LEARNING_RATE"})
