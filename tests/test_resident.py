@@ -200,3 +200,18 @@ def test_the_noise_channels_of_a_large_image_are_estimated_on_its_device_as_on_t
     assert isinstance(device, jax.Array) and device.shape == (shape[0], 2)
     assert host[0, 1] > 1.5 * host[0, 0] > 0  # photon noise: stronger where it is bright
     np.testing.assert_allclose(np.asarray(device), host, rtol=1e-4)
+
+
+def test_the_device_refuses_what_the_host_refuses():
+    """The accelerator route reads NaN, infinities and a constant image on the device (float32 and narrower);
+    64-bit images are checked on the host, which converts them anyway."""
+    model = _model()
+    image = np.random.default_rng(9).normal(50, 10, (48, 40)).astype(np.float32)
+    nan, inf = image.copy(), image.copy()
+    nan[5, 7], inf[40, 1] = np.nan, -np.inf
+    cases = [(nan, "NaN"), (inf, "NaN"), (np.full((48, 40), 3, np.uint16), "constant"),
+             (image.astype(np.float64) * 1e300, "beyond float32")]
+    for bad, words in cases:
+        for name in ("cpu", "accelerator"):
+            with use_backend(name), pytest.raises(UserInputError, match=words):
+                denoise(bad, model, axes="YX")

@@ -160,7 +160,8 @@ def as_dask(image):
     return da.from_array(image, chunks=chunks, asarray=True)
 
 
-def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, lazy: bool = False) -> tuple[np.ndarray, Layout]:
+def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, lazy: bool = False,
+                values: bool = True) -> tuple[np.ndarray, Layout]:
     """Validate an image and its axes before any work is done.
 
     Parameters
@@ -176,6 +177,10 @@ def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, laz
     lazy : bool
         Keep a lazy ``image`` (see :func:`is_lazy`) lazy: it comes back as a
         dask array, and NaN / Inf are left to whoever reads its pieces.
+    values : bool
+        Check the values here (see :func:`check_finite`). The accelerator
+        route leaves float32 and narrower images to the device, which reads
+        them anyway (64-bit ones are still checked here).
 
     Returns
     -------
@@ -199,9 +204,15 @@ def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, laz
         raise UserInputError(
             f"The {name} is too small along {', '.join(small)}; give at least {min_size} pixels along Z, Y and X."
         )
-    if not lazy:
+    if not lazy and (values or image.dtype.itemsize > 4):
         check_finite(image, name)
     return image, layout
+
+
+def not_finite(name: str = "image") -> UserInputError:
+    """The error for an image with NaN or infinite values."""
+    return UserInputError(
+        f"The {name} contains NaN or infinite values; replace them (e.g. with the median) before denoising.")
 
 
 def check_finite(image: np.ndarray, name: str = "image") -> None:
@@ -209,9 +220,7 @@ def check_finite(image: np.ndarray, name: str = "image") -> None:
     if not np.issubdtype(image.dtype, np.floating):
         return
     if not np.all(np.isfinite(image)):
-        raise UserInputError(
-            f"The {name} contains NaN or infinite values; replace them (e.g. with the median) before denoising."
-        )
+        raise not_finite(name)
     limit = np.finfo(np.float32).max
     if image.dtype.itemsize > 4 and np.max(np.abs(image)) > limit:
         raise UserInputError(f"The {name} holds values beyond float32's range (±{limit:.3g}); rescale it "

@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..axes import check_image, is_lazy, validate_axes
+from ..axes import check_image, is_lazy, not_finite, validate_axes
 from ..errors import UserInputError
 from ..models.checkpoint import TrainedModel, resolve_model
 from ..models.embedded import default_model_for
@@ -190,10 +191,10 @@ def _read(image, index):
 def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion, precision,
                    report=None, noise_level=None):
     config = model.config
-    image, layout = check_image(image, axes)
-    if image.min() == image.max():
-        raise UserInputError("The image is constant (every pixel has the same value), so there is no noise "
-                             "to remove; check that the right image or channel was chosen.")
+    resident = active().resident_inference
+    image, layout = check_image(image, axes, values=not resident)  # resident: the device checks them
+    if not resident:
+        _check_range(image.min(), image.max(), True)
     dims = len(layout.spatial_shape)
     if dims != config.dims:
         hint = (" To denoise plane by plane, call the Z axis S (e.g. axes 'SYX')." if config.dims == 2 else
@@ -214,10 +215,11 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         )
     if fold:  # a one-channel model denoises each channel separately
         x = np.moveaxis(x, -1, 1).reshape(-1, *layout.spatial_shape, 1)
-    if active().resident_inference:  # the image goes to the device once; the result comes back once
+    if resident:  # the image goes to the device once; the result comes back once
         # In its own type (uint16 is half of float32's bytes); 64-bit types as float32, which JAX
         # would otherwise narrow (int64 to int32) without a word.
         x = jax.device_put(x if x.dtype.itemsize <= 4 else x.astype(np.float32))
+        _check_range(*jax.device_get(_value_range(x)))  # three numbers back, not two passes over the image
     input_norm, output_norm = model.input_norm, model.output_norm
     if config.normalize_per_image:  # a pretrained model meets every image on the image's own scale
         input_norm = output_norm = Normalization.fit([x], config.normalization)
@@ -256,6 +258,20 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
                      for a in (mean, std))
     result = layout.from_model(mean)[0]
     return (result, layout.from_model(std)[0]) if return_std else result
+
+
+@jax.jit
+def _value_range(x):
+    return x.min(), x.max(), jnp.isfinite(x).all()
+
+
+def _check_range(low, high, finite) -> None:
+    """Refuse an image with NaN / infinite values, or a constant one."""
+    if not finite:
+        raise not_finite()
+    if low == high:
+        raise UserInputError("The image is constant (every pixel has the same value), so there is no noise "
+                             "to remove; check that the right image or channel was chosen.")
 
 
 def _noise_of(x, config, norm, level):
