@@ -24,8 +24,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..noise.line import BINS, PER_BIN
-from ..noise.resident_line import equal_bins, noise_line
-from .fusion import _CROP, _MIN_BIN_WIDTH, _WIDTHS, _crops, choose, divergence
+from ..noise.line import bin_ends
+from ..noise.resident_line import noise_line
+from .fusion import _CROP, _MIN_BIN_WIDTH, _NO_TABLE, _WIDTHS, _crops, _risk, choose, divergence
 
 # What fuse_plane may do, by index: -1 leaves the prediction unchanged.
 CANDIDATES = ("bins", *_WIDTHS)
@@ -82,7 +83,7 @@ def fuse_on_device(network, images, predictions, std=None, blind: bool = True, n
 def _chosen(chosen):
     """:func:`.fusion.choose`'s answer as :func:`fuse_plane` takes it."""
     if chosen is None:
-        return np.int32(-1), (np.float32(0), np.float32(0)), np.float32(1), _padded(*map(np.zeros, (1, 1)))
+        return np.int32(-1), (np.float32(0), np.float32(0)), np.float32(1), _padded(*_NO_TABLE)
     best, line, keep, table = chosen
     return np.int32(CANDIDATES.index(best)), line, np.float32(keep), _padded(*table)
 
@@ -104,9 +105,9 @@ def choose_on_device(noisy, prediction, centre_weight, *, blind):
     r, dims = noisy - prediction, noisy.ndim - 1
     count = noisy.size >> dims
     if not blind and count < 2 * PER_BIN:
-        return jnp.int32(-1), line, keep, _padded(np.zeros(1), np.zeros(1))
+        return jnp.int32(-1), line, keep, _padded(*_NO_TABLE)
     caution = 1.0 + 4.7 / np.sqrt(count)
-    table = _bin_table(r, prediction, line, keep) if blind else _padded(np.zeros(1), np.zeros(1))
+    table = _bin_table(r, prediction, line, keep) if blind else _padded(*_NO_TABLE)
     v = jnp.maximum(line[0] * prediction + line[1], 0.0) * caution
     unchanged = _risk(r, v, 0.0, 0.0, keep)
     best, best_risk = jnp.int32(-1), jnp.float32(0)
@@ -127,7 +128,7 @@ def _bin_table(r, mu, line, keep):
     v = jnp.maximum(line[0] * mu + line[1], 0.0)
     order = jnp.argsort(mu)
     key, r2, v = mu[order], (r * r)[order], v[order]
-    ends = equal_bins(key.size)
+    ends = bin_ends(key.size)
     width = _MIN_BIN_WIDTH * (1.0 - keep) * jnp.sqrt(v.mean())
     start_key, flags = key[0], []  # flags[i]: a new group starts after part i
     for end in ends[:-1]:
@@ -168,12 +169,6 @@ def _weights(r, mu, line, keep, choice, table, slope: bool):
     centre = ndimage.gaussian_filter1d(np.pad([1.0], reach), choice)[reach] ** (r.ndim - 1)
     slope = jnp.where((weight > 0) & (weight < 1), 2 * keep * keep * np.float32(centre) * v / local**2, 0.0)
     return jnp.clip(weight, 0.0, 1.0), slope
-
-
-def _risk(r, v, weight, slope, keep):
-    """:func:`.fusion._risk`."""
-    divergence_ = (1.0 - keep) * (1.0 - weight) + weight + slope * r * r
-    return ((weight - 1.0) * r) ** 2 + 2.0 * v * divergence_
 
 
 @partial(jax.jit, donate_argnums=(0, 1), static_argnames="known")

@@ -116,6 +116,14 @@ def _robust_variance(detail):
     return float(spread**2)
 
 
+def bin_ends(count: int) -> np.ndarray:
+    """Where :func:`binned`'s equal-count bins of ``count`` sorted values end (sizes as ``np.array_split``'s)."""
+    bins = max(1, min(BINS, count // PER_BIN))
+    sizes = np.full(bins, count // bins)
+    sizes[:count % bins] += 1
+    return np.cumsum(sizes)
+
+
 def binned(key, values, statistic, min_width: float = 0.0):
     """A statistic of ``values`` in equal-count bins of ``key``.
 
@@ -144,8 +152,7 @@ def binned(key, values, statistic, min_width: float = 0.0):
     equal keys still fall in a fixed order.
     """
     order = np.argsort(key)
-    bins = max(1, min(BINS, len(key) // PER_BIN))
-    parts = np.array_split(order, bins)
+    parts = np.split(order, bin_ends(len(key))[:-1])
     if min_width > 0:  # each group starts where the last one reached min_width; a short rest joins the last
         sorted_key, starts, start = key[order], [0], 0
         for end in np.cumsum([len(p) for p in parts])[:-1]:

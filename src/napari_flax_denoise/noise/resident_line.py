@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from .line import _INSIDE_3_SIGMA, _TEXTURE_BLOCK, _TEXTURE_FLOOR, _TEXTURE_QUANTILE, BINS, PER_BIN
+from .line import _INSIDE_3_SIGMA, _TEXTURE_BLOCK, _TEXTURE_FLOOR, _TEXTURE_QUANTILE, bin_ends
 
 
 def haar(crops, sign: bool):
@@ -28,14 +28,6 @@ def haar(crops, sign: bool):
         odd = jax.lax.slice_in_dim(crops, 1, size, 2, axis)
         crops = (even - odd) / np.sqrt(2) if sign else (even + odd) / 2
     return crops
-
-
-def equal_bins(count: int) -> np.ndarray:
-    """Where the equal-count bins of ``count`` sorted values end (``np.array_split``'s sizes)."""
-    bins = max(1, min(BINS, count // PER_BIN))
-    sizes = np.full(bins, count // bins)
-    sizes[:count % bins] += 1
-    return np.cumsum(sizes)
 
 
 def noise_line(noisy, reference):
@@ -49,7 +41,7 @@ def noise_line(noisy, reference):
 def _fitted_line(detail, level):
     order = jnp.argsort(level)
     level, detail = level[order], detail[order]
-    ends = equal_bins(level.size)
+    ends = bin_ends(level.size)
     intensity, variance = [], []
     for start, end in zip([0, *ends[:-1]], ends):
         intensity.append(level[start:end].mean())
