@@ -12,20 +12,22 @@ from napari_flax_denoise import Config, denoise, use_backend
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.inference.fusion import _bin_table, _crops, _weights, choose
 from napari_flax_denoise.inference.resident import fitted_batch, tile_plan
+from napari_flax_denoise.inference.resident_stack import chunk_planes
 from napari_flax_denoise.inference.resident_fusion import (CANDIDATES, _padded, choose_on_device, fuse_plane,
                                                            gaussian_filter)
 from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
 from napari_flax_denoise.models.normalization import Normalization
 from napari_flax_denoise.noise.level import noise_features
 from napari_flax_denoise.progress import drive
+from napari_flax_denoise.runtime.devices import MEMORY_ENV
 from napari_flax_denoise.inference.prediction import denoise_iter
 
 pytestmark = pytest.mark.float32
 
 
-def _model(algorithm="n2v2", dims=2, channels=1, features=8, noise_input=False):
+def _model(algorithm="n2v2", dims=2, channels=1, features=8, noise_input=False, **settings):
     config = Config(algorithm=algorithm, dims=dims, features=features, in_channels=channels, out_channels=channels,
-                    noise_input=noise_input)
+                    noise_input=noise_input, **settings)
     norm = Normalization("meanstd", (50.0,) * channels, (10.0,) * channels)
     network = build_network(config, seed=3)
     if noise_input:  # the noise channels weigh in strongly, so that a tile given another image's level shows
@@ -115,6 +117,48 @@ def test_a_lazy_stack_streams_through_the_device_into_out():
     np.testing.assert_array_equal(out[2], 7.0)
     planes = [0, 1, 3]  # in memory the blank frame goes through the network too
     np.testing.assert_allclose(out[planes], expected[planes], atol=1e-4 * np.ptp(stack))
+
+
+def test_a_stack_is_cut_into_chunks_of_one_shape_that_fit_the_device():
+    assert chunk_planes((3, 130, 150, 1), None) is None  # small: sent whole
+    assert chunk_planes((8, 2048, 2048, 1), None) == 2  # four chunks, so that transfers overlap the work
+    assert chunk_planes((1000, 256, 256, 1), None) == 250 and chunk_planes((1009, 256, 256, 1), None) == 253
+    assert chunk_planes((7, 2048, 2048, 1), 2**30) == 1  # 64 bytes per value: a 1 GB budget holds 3 planes
+    assert chunk_planes((12, 1024, 1024, 1), 300 * 2**20) == 4 and chunk_planes((9, 1024, 1024, 1), 300 * 2**20) == 3
+
+
+def test_a_stack_over_the_device_budget_goes_in_chunks_with_the_same_result(monkeypatch):
+    """A budget that holds one plane: three chunks, with the stack's one normalisation and each plane's
+    own noise level, fusion and spread, as when the stack is sent whole."""
+    model = _model(noise_input=True, normalize_per_image=True)
+    rng = np.random.default_rng(6)
+    stack = (rng.normal(0, 10, (3, 288, 288)) * np.arange(1, 4)[:, None, None] + 300).astype(np.uint16)
+    assert chunk_planes((3, 288, 288, 1), 9_500_000) == 1
+    results = {}
+    with use_backend("accelerator"):
+        for budget in ("", "9.5MB"):
+            monkeypatch.setenv(MEMORY_ENV, budget)
+            report, events = {}, []
+            results[budget] = drive(denoise_iter(stack, model, axes="TYX", tile_shape=128, tta=True, return_std=True,
+                                                 fusion=True, report=report), events.append), report
+            assert [(e.done, e.total) for e in events] == [(i, len(events)) for i in range(1, len(events) + 1)]
+    (whole, whole_report), (chunked, chunked_report) = results[""], results["9.5MB"]
+    for ours, reference in zip(chunked, whole):
+        np.testing.assert_allclose(ours, reference, atol=1e-4 * np.ptp(stack))
+    assert whole[1].max() > 0 and len(chunked_report["noise_levels"]) == 3
+    for key in ("fusion_weights", "noise_levels"):
+        np.testing.assert_allclose(chunked_report[key], whole_report[key], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_values_in_a_later_chunk_are_refused_before_it_is_denoised(monkeypatch):
+    model = _model()
+    stack = np.random.default_rng(7).normal(50, 10, (3, 288, 288)).astype(np.float32)
+    stack[1, 5, 5] = np.inf
+    monkeypatch.setenv(MEMORY_ENV, "9.5MB")
+    with use_backend("accelerator"), pytest.raises(UserInputError, match="NaN or infinite"):
+        denoise(stack, model, axes="TYX", tile_shape=128, fusion=False)
+    with use_backend("accelerator"), pytest.raises(UserInputError, match="constant"):
+        denoise(np.full((3, 288, 288), 7, np.uint16), model, axes="TYX", tile_shape=128, fusion=False)
 
 
 @pytest.mark.parametrize("shape", [(37, 300), (12, 9), (6, 20, 18)])

@@ -215,6 +215,15 @@ def not_finite(name: str = "image") -> UserInputError:
         f"The {name} contains NaN or infinite values; replace them (e.g. with the median) before denoising.")
 
 
+def check_range(low, high, finite) -> None:
+    """Refuse an image with NaN / infinite values (``finite`` false), or a constant one (``low == high``)."""
+    if not finite:
+        raise not_finite()
+    if low == high:
+        raise UserInputError("The image is constant (every pixel has the same value), so there is no noise "
+                             "to remove; check that the right image or channel was chosen.")
+
+
 def check_finite(image: np.ndarray, name: str = "image") -> None:
     """Refuse NaN and infinite values, and values that float32 (what the network computes in) cannot hold."""
     if not np.issubdtype(image.dtype, np.floating):

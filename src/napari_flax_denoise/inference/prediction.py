@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..axes import check_image, is_lazy, not_finite, validate_axes
+from ..axes import check_image, check_range, is_lazy, validate_axes
 from ..errors import UserInputError
 from ..models.checkpoint import TrainedModel, resolve_model
 from ..models.embedded import default_model_for
@@ -31,11 +31,12 @@ from ..network.unet import halo as network_halo
 from ..noise.level import noise_features, variance_line
 from ..progress import Progress, drive, relay
 from ..runtime.backend import active
-from ..runtime.devices import Placement, default_batch_size
+from ..runtime.devices import Placement, default_batch_size, memory_budget
 from .augmentation import tta_mean_std
 from .fusion import fuse_images, fusion_applies
 from .resident import apply_network, predict_resident
 from .resident_fusion import fuse_on_device
+from .resident_stack import chunk_planes, stream_stack, to_device, value_range
 from .tiling import check_tiling, default_tile_shape, edge_margin, tile_spans
 
 
@@ -194,7 +195,7 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     resident = active().resident_inference
     image, layout = check_image(image, axes, values=not resident)  # resident: the device checks them
     if not resident:
-        _check_range(image.min(), image.max(), True)
+        check_range(image.min(), image.max(), True)
     dims = len(layout.spatial_shape)
     if dims != config.dims:
         hint = (" To denoise plane by plane, call the Z axis S (e.g. axes 'SYX')." if config.dims == 2 else
@@ -215,16 +216,6 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         )
     if fold:  # a one-channel model denoises each channel separately
         x = np.moveaxis(x, -1, 1).reshape(-1, *layout.spatial_shape, 1)
-    if resident:  # the image goes to the device once; the result comes back once
-        # In its own type (uint16 is half of float32's bytes); 64-bit types as float32, which JAX
-        # would otherwise narrow (int64 to int32) without a word.
-        x = jax.device_put(x if x.dtype.itemsize <= 4 else x.astype(np.float32))
-        _check_range(*jax.device_get(_value_range(x)))  # three numbers back, not two passes over the image
-    input_norm, output_norm = model.input_norm, model.output_norm
-    if config.normalize_per_image:  # a pretrained model meets every image on the image's own scale
-        input_norm = output_norm = Normalization.fit([x], config.normalization)
-    noise = _noise_of(x, config, input_norm, noise_level)  # from a few crops, where the image is
-    x = input_norm.apply(x)
     if tile_shape is None:
         tile_shape = default_tile_shape(layout.spatial_shape, config)
     tile_shape, halos = check_tiling(tile_shape, overlap, layout.spatial_shape, config)
@@ -232,7 +223,56 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         batch_size = default_batch_size(int(np.prod(tile_shape)), config.features)
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
+    run = partial(_model_pass, model, tile_shape=tile_shape, halos=halos, batch_size=batch_size, tta=tta,
+                  return_std=return_std, fusion=fusion, precision=precision, noise_level=noise_level)
+    # A pretrained model meets every image on the image's own scale.
+    norms = partial(_fitted, config) if config.normalize_per_image else (model.input_norm, model.output_norm)
+    planes = chunk_planes(x.shape, memory_budget()) if resident else None
+    if planes:  # a stack in chunks of planes, with its transfers overlapping the work
+        mean, std, weight, noise = yield from stream_stack(x, planes, run, norms)
+    else:
+        if resident:  # the image goes to the device once; the result comes back once
+            x = to_device(x)
+            check_range(*jax.device_get(value_range(x)))  # three numbers back, not two passes over the image
+        mean, std, weight, noise = yield from run(x, norms(x) if callable(norms) else norms)
+        if isinstance(mean, jax.Array):  # the one transfer back, into arrays the caller owns (writable)
+            mean, std = (None if a is None else np.array(a) for a in (mean, std))
+    if report is not None:
+        if fusion:
+            report.setdefault("fusion_weights", []).append(float(weight))
+        if noise is not None:
+            levels, scale = noise  # read once the device has the work
+            levels = np.asarray(jax.device_get(levels), np.float32)
+            report.setdefault("noise_levels", []).extend(levels.tolist())
+            sigma = np.sqrt(np.mean(np.square(levels, dtype=np.float64), axis=1)) * scale
+            report.setdefault("noise_sigmas", []).extend(sigma.tolist())
+    if fold:  # back from one-channel images to channels
+        mean, std = (None if a is None else np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1)
+                     for a in (mean, std))
+    result = layout.from_model(mean)[0]
+    return (result, layout.from_model(std)[0]) if return_std else result
+
+
+def _fitted(config, x):
+    """The normalisation fitted on model-layout ``x`` (or on the sample of it that the fit reads), as
+    ``(input, output)``."""
+    norm = Normalization.fit([x], config.normalization)
+    return norm, norm
+
+
+def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_std, fusion, precision,
+                noise_level):
+    """Denoise raw model-layout ``x`` (host, or on the device) with the normalisations ``norms``.
+
+    A generator; returns ``(mean, std, weight, noise)``: the result and its spread (None without
+    ``return_std``) in ``x``'s intensities, arrays where ``x`` is; fusion's mean weight (None
+    without fusion); the noise channels ``(N, 2)`` of a noise-aware model (else None).
+    """
+    config, (input_norm, output_norm) = model.config, norms
+    noise = _noise_of(x, config, input_norm, noise_level)  # from a few crops, where the image is
+    x = input_norm.apply(x)
     mean, std = yield from _predict(model, x, tile_shape, halos, batch_size, tta, return_std, precision, noise)
+    weight = None
     if fusion:
         # Fusion mixes the noisy image into the prediction, so both must be on the prediction's scale:
         # a care model's targets have their own normalisation (a care model's output fused on the
@@ -243,35 +283,10 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         fuse = fuse_on_device if isinstance(mean, jax.Array) else fuse_images
         mean, std, weight = fuse(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy,
                                  units=units, noise=noise)
-        if report is not None:
-            report.setdefault("fusion_weights", []).append(weight)
-    if noise is not None and report is not None:  # read once the device has the work
-        noise = np.asarray(jax.device_get(noise), np.float32)
-        report.setdefault("noise_levels", []).extend(noise.tolist())
-        sigma = np.sqrt(np.mean(np.square(noise, dtype=np.float64), axis=1)) * input_norm.scale[0]
-        report.setdefault("noise_sigmas", []).extend(sigma.tolist())
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
-    if isinstance(mean, jax.Array):  # the one transfer back, into arrays the caller owns (writable)
-        mean, std = (None if a is None else np.array(a) for a in (mean, std))
-    if fold:  # back from one-channel images to channels
-        mean, std = (None if a is None else np.moveaxis(a.reshape(-1, layout.channels, *layout.spatial_shape), 1, -1)
-                     for a in (mean, std))
-    result = layout.from_model(mean)[0]
-    return (result, layout.from_model(std)[0]) if return_std else result
-
-
-@jax.jit
-def _value_range(x):
-    return x.min(), x.max(), jnp.isfinite(x).all()
-
-
-def _check_range(low, high, finite) -> None:
-    """Refuse an image with NaN / infinite values, or a constant one."""
-    if not finite:
-        raise not_finite()
-    if low == high:
-        raise UserInputError("The image is constant (every pixel has the same value), so there is no noise "
-                             "to remove; check that the right image or channel was chosen.")
+    if noise is not None:  # with the scale that turns the channels into the image's units
+        noise = (noise, input_norm.scale[0])
+    return mean, std, weight, noise
 
 
 def _noise_of(x, config, norm, level):

@@ -49,8 +49,9 @@ def fuse_on_device(network, images, predictions, std=None, blind: bool = True, n
     """:func:`.fusion.fuse_images` for JAX arrays, on their device.
 
     ``predictions`` and ``std`` are donated: use the returned arrays. Takes
-    and returns what :func:`.fusion.fuse_images` does; the mean weight is
-    the one value read back, after every call has been dispatched.
+    and returns what :func:`.fusion.fuse_images` does, except that the mean
+    weight is a device scalar: reading it waits for the work, so the caller
+    reads it once everything is dispatched.
     """
     noisy = images if noisy is None else noisy
     units = np.broadcast_to(np.asarray(units, np.float64), (images.shape[-1],))
@@ -77,7 +78,7 @@ def fuse_on_device(network, images, predictions, std=None, blind: bool = True, n
             predictions, std, weight = fuse_plane(predictions, std, noisy, np.array([n, c], np.int32), best, line,
                                                   keep, table, known=known)
             weights.append(weight)
-    return predictions, std, float(np.mean(jax.device_get(weights)))
+    return predictions, std, jnp.mean(jnp.stack([jnp.asarray(w, jnp.float32) for w in weights]))
 
 
 def _chosen(chosen):

@@ -54,7 +54,7 @@ class Normalization:
             if xp is np and not isinstance(image, np.ndarray):  # lazy: read a few planes, never the whole array
                 image = _some_planes(image, _MAX_SAMPLES // len(images))
             flat = image.reshape(-1, channels)
-            stride = max(1, flat.shape[0] * len(images) // _MAX_SAMPLES)
+            stride = sample_stride(image.shape[:-1], len(images))
             # float64 on the host; float32 on a device (exact for integer images up to 2**24)
             samples.append(xp.asarray(flat[::stride], np.float64 if xp is np else np.float32))
         values = xp.concatenate(samples)
@@ -139,6 +139,12 @@ class Normalization:
             raise UserInputError(f"the normalisation {values!r} is not one (finite offsets and positive scales, "
                                  "one per channel)")
         return cls(method, tuple(map(float, offset)), tuple(map(float, scale)))
+
+
+def sample_stride(shape, images: int = 1) -> int:
+    """Every how many pixels :meth:`Normalization.fit` reads of an image of ``shape`` (no channel axis),
+    one of ``images``, so that all of them give about 4 million values at most."""
+    return max(1, int(np.prod(shape, dtype=np.int64)) * images // _MAX_SAMPLES)
 
 
 def _some_planes(image, budget: int) -> np.ndarray:

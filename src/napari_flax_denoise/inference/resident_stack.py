@@ -1,0 +1,136 @@
+"""In-memory images onto the device, and stacks streamed through it in chunks of planes (accelerator route).
+
+One image goes to the device whole, in its own type (:func:`to_device`), and
+its values are checked there (:func:`value_range`). A stack of many planes
+(S, T, or the channels of a one-channel model) goes in chunks of planes
+(:func:`stream_stack`). Sent whole, it would need device memory for several
+float32 copies of all of it, and the device would wait while it is copied in
+and while the result is copied out. In chunks, the next chunk is on its way,
+and its values are checked, while this one is denoised, and the last chunk's
+result comes back while this one computes. The stack's normalisation is
+fitted on the same regular sample of all its planes as when it is sent
+whole, and noise levels and fusion are per plane anyway, so the result is the
+same.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..axes import check_range, not_finite
+from ..models.normalization import sample_stride
+from ..progress import Progress, relay
+
+# Device bytes per value (pixel and channel) of a chunk in flight: its float32 copies in the pipeline
+# (normalised, mirrored and padded, the prediction, fused, undone, TTA's sums), the next chunk arriving
+# and the last one's result leaving. Tiles have their own share of the budget (``default_batch_size``).
+_BYTES_PER_VALUE = 64
+_CHUNKS = 4  # a large stack goes in at least this many chunks, so that its transfers overlap the work
+_MIN_CHUNK_PIXELS = 2**22  # smaller chunks would leave the device's tile batches part empty
+
+
+def to_device(x):
+    """Host ``x`` on the device in its own type: uint16 is half of float32's bytes. 64-bit types go as
+    float32, which JAX would otherwise narrow without a word (int64 to int32)."""
+    return jax.device_put(x if x.dtype.itemsize <= 4 else x.astype(np.float32))
+
+
+@jax.jit
+def value_range(x):
+    """``(min, max, every value finite)`` of a device array, as device scalars read in one transfer."""
+    return x.min(), x.max(), jnp.isfinite(x).all()
+
+
+def chunk_planes(shape, budget: int | None) -> int | None:
+    """Planes per chunk for a model-layout stack of ``shape`` ``(N, *spatial, C)``, or None to send it whole.
+
+    As many planes as ``budget`` bytes of device memory hold (at least one),
+    but no more than a quarter of the stack and no fewer than 4 Mi pixels;
+    a divisor of N close to that where there is one, so that every chunk has
+    one shape (each shape compiles its own programs).
+    """
+    count, pixels = shape[0], int(np.prod(shape[1:-1], dtype=np.int64))
+    most = count if budget is None else max(1, budget // (pixels * shape[-1] * _BYTES_PER_VALUE))
+    planes = min(most, max(-(-_MIN_CHUNK_PIXELS // pixels), -(-count // _CHUNKS)))
+    if planes >= count:
+        return None
+    return next((p for p in range(planes, (planes + 1) // 2 - 1, -1) if count % p == 0), planes)
+
+
+def stream_stack(x, planes: int, run, norms):
+    """Denoise the host stack ``x`` ``(N, *spatial, C)`` on the device, ``planes`` planes at a time.
+
+    A generator: yields :class:`~napari_flax_denoise.progress.Progress` for
+    the whole stack and returns what ``run`` returns, for the whole stack,
+    with the arrays on the host: ``(mean, std, weight, noise)``.
+
+    Parameters
+    ----------
+    x : ndarray
+        Raw model-layout stack (not modified).
+    planes : int
+        Planes per chunk (:func:`chunk_planes`).
+    run : callable
+        ``run(chunk, norms)``: a generator that denoises one chunk on the
+        device and returns ``(mean, std, weight, noise)``: device arrays (std
+        may be None), fusion's mean weight (None without fusion) and a
+        noise-aware model's ``(levels, scale)`` (else None).
+    norms : tuple or callable
+        The ``(input, output)`` normalisations, or a function that fits them
+        on the sample of the stack that ``Normalization.fit`` reads of it.
+
+    Raises
+    ------
+    UserInputError
+        NaN or infinite values (before the chunk that holds them is
+        denoised), or a constant stack.
+    """
+    if callable(norms):  # the values the fit reads of the whole stack, without a copy of it
+        stride = sample_stride(x.shape[:-1])
+        sample = x.reshape(-1, x.shape[-1])[::stride] if x.flags.c_contiguous else x[np.unravel_index(
+            np.arange(0, x.size // x.shape[-1], stride), x.shape[:-1])]
+        norms = norms(to_device(sample))
+    starts = range(0, len(x), planes)
+
+    def send(start):
+        chunk = to_device(x[start:start + planes])
+        return chunk, value_range(chunk)
+
+    ahead, pending, outputs, low, high = send(0), None, None, np.inf, -np.inf
+    weights, levels = [], []
+    for number, start in enumerate(starts):
+        chunk, values = ahead
+        if start + planes < len(x):
+            ahead = send(start + planes)  # copied in while this chunk is denoised
+        smallest, largest, finite = jax.device_get(values)  # queued before the last chunk's work: no wait for it
+        if not finite:
+            raise not_finite()
+        low, high = min(low, smallest), max(high, largest)
+        mean, std, weight, noise = yield from relay(run(chunk, norms), lambda step, number=number: Progress(
+            number * step.total + step.done, len(starts) * step.total))
+        for result in (mean, std):
+            if result is not None:
+                result.copy_to_host_async()  # comes back while the next chunk computes
+        if pending is not None:
+            outputs = _land(pending, outputs, len(x))
+        pending = (start, mean, std)
+        weights.append(None if weight is None else weight * len(chunk))
+        if noise is not None:
+            levels.append(noise[0])
+    outputs = _land(pending, outputs, len(x))
+    check_range(low, high, True)  # a constant stack
+    weight = None if weights[0] is None else float(sum(jax.device_get(weights))) / len(x)
+    return (*outputs, weight, None if noise is None else (jnp.concatenate(levels), noise[1]))
+
+
+def _land(pending, outputs, count):
+    """Copy a chunk's results (device) into the stack's host arrays, made at the first chunk."""
+    start, *results = pending
+    if outputs is None:
+        outputs = [None if r is None else np.empty((count, *r.shape[1:]), np.float32) for r in results]
+    for target, result in zip(outputs, results):
+        if result is not None:
+            target[start:start + len(result)] = np.asarray(result)
+    return outputs
