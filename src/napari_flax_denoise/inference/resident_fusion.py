@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..noise.line import BINS, PER_BIN
+from ..noise.level import MANY_PLANES
 from ..noise.line import bin_ends
 from ..noise.resident_line import noise_line
 from .fusion import _CROP, _MIN_BIN_WIDTH, _NO_TABLE, _WIDTHS, _crops, _risk, choose, divergence
@@ -57,7 +58,8 @@ def fuse_on_device(network, images, predictions, std=None, blind: bool = True, n
     units = np.broadcast_to(np.asarray(units, np.float64), (images.shape[-1],))
     spatial = images.shape[1:-1]
     crops = _crops(spatial)
-    on_device = len(crops) > 1 and min(spatial) >= _CROP[len(spatial)]  # several crops, each of the full size
+    # Several crops, each of the full size, or a stack whose planes share one program: chosen on the device.
+    on_device = (len(crops) > 1 and min(spatial) >= _CROP[len(spatial)]) or images.shape[0] >= MANY_PLANES
     weights = []
     for n in range(images.shape[0]):
         centre = divergence(network, images[n:n + 1], noise=None if noise is None else noise[n:n + 1])

@@ -15,6 +15,8 @@ same.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,6 +100,15 @@ def stream_stack(x, planes: int, run, norms):
         chunk = to_device(x[start:start + planes])
         return chunk, value_range(chunk)
 
+    full, shown = None, None
+
+    def overall(number, step):  # the stack's progress, in the first chunk's units, a shorter last chunk pro rata
+        nonlocal full, shown
+        full = full or step.total
+        total, share = -(-full * len(x) // planes), min(planes, len(x) - number * planes) / planes
+        shown = Progress(min(total, number * full + round(step.done / step.total * full * share)), total)
+        return shown
+
     ahead, pending, outputs, low, high = send(0), None, None, np.inf, -np.inf
     weights, levels = [], []
     for number, start in enumerate(starts):
@@ -108,8 +119,7 @@ def stream_stack(x, planes: int, run, norms):
         if not finite:
             raise not_finite()
         low, high = min(low, smallest), max(high, largest)
-        mean, std, weight, noise = yield from relay(run(chunk, norms), lambda step, number=number: Progress(
-            number * step.total + step.done, len(starts) * step.total))
+        mean, std, weight, noise = yield from relay(run(chunk, norms), partial(overall, number))
         for result in (mean, std):
             if result is not None:
                 result.copy_to_host_async()  # comes back while the next chunk computes
@@ -121,6 +131,8 @@ def stream_stack(x, planes: int, run, norms):
             levels.append(noise[0])
     outputs = _land(pending, outputs, len(x))
     check_range(low, high, True)  # a constant stack
+    if shown is not None and shown.done < shown.total:  # rounded short
+        yield Progress(shown.total, shown.total)
     weight = None if weights[0] is None else float(sum(jax.device_get(weights))) / len(x)
     return (*outputs, weight, None if noise is None else (jnp.concatenate(levels), noise[1]))
 

@@ -24,6 +24,9 @@ from .line import noise_line
 
 _CROP = {2: 128, 3: 48}  # crop edge per spatial dimension
 _CROPS_PER_AXIS = {2: 4, 3: 2}
+# From this many images of one shape on, a stack's small images share the device's compiled programs
+# (noise level, fusion's choice) instead of sending their crops to the host one by one.
+MANY_PLANES = 8
 
 
 def variance_line(level) -> tuple[float, float]:
@@ -81,9 +84,9 @@ def noise_features(images: np.ndarray, offset: float, scale: float, level=None) 
     """``(N, 2)`` noise channels for raw model-layout one-channel ``images`` ``(N, *spatial, 1)``.
 
     ``level`` (optional, image units, see :func:`variance_line`) is used for
-    every image instead of an estimate of each one's own. For large images
-    on a device the estimate is made there and the channels stay there (a
-    JAX array); small ones are read crop by crop.
+    every image instead of an estimate of each one's own. For large images,
+    or a stack of many, on a device the estimate is made there and the
+    channels stay there (a JAX array); a few small ones are read crop by crop.
     """
     given = None if level is None else variance_line(level)
     if given is None and array_namespace(images) is not np:  # the accelerator route: estimated on the device
@@ -95,17 +98,17 @@ def noise_features(images: np.ndarray, offset: float, scale: float, level=None) 
 
 
 def _features_on_device(images, offset: float, scale: float):
-    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``; None for images under twice
-    the extent of the crops (then the host reads them: each crop shape would compile anew, and the one
-    program's compilation would slow the first start of a small job more than it saves)."""
-    from .resident_line import features
+    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``, all planes in one call; None
+    for fewer than :data:`MANY_PLANES` images under twice the extent of the crops (then the host reads
+    their crops: each crop shape compiles its own program, which a few small images would wait for)."""
+    from .resident_line import features as estimated
 
     spatial = images.shape[1:-1]
-    if min(spatial) < 2 * _CROP.get(len(spatial), 48) * _CROPS_PER_AXIS.get(len(spatial), 2):
+    if images.shape[0] < MANY_PLANES and min(spatial) < 2 * _CROP.get(len(spatial), 48) * _CROPS_PER_AXIS.get(
+            len(spatial), 2):
         return None
-    windows = crop_windows(spatial)
-    return jnp.stack([features(jnp.stack([images[(n, *window, 0)] for window in windows]),
-                               jnp.float32(offset), jnp.float32(scale)) for n in range(images.shape[0])])
+    crops = jnp.stack([images[(slice(None), *window, 0)] for window in crop_windows(spatial)], axis=1)
+    return estimated(crops, jnp.float32(offset), jnp.float32(scale))
 
 
 def with_noise(images, noise):
