@@ -8,7 +8,7 @@ Every figure is measured in this run on this device (ratios side by side):
 * ``bare``: the network alone (jit, valid masks, upsampling inside the convolutions) on a batch of
   tiles already on the device;
 * ``denoise()`` end to end on 2048², 4096² and a stack of 8 x 2048² (fusion on and off), with TTA,
-  the embedded general-2d on 4096²,
+  the embedded general-2d on 4096² and on a stack of 64 x 512²,
   in 3D on 64 x 512² and 256 x 1024² (n2v2 3D), each as a ratio to the bare network, with the share
   of its time that only copying the image in and a float32 result out takes;
 * the same U-Net in PyTorch on the same device (fp32, TF32, bf16 autocast + channels-last), when
@@ -198,9 +198,11 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     # What a user runs by default: the embedded general-2d (normalised per image, noise level estimated on the
     # device), against the same bare rate (its network has the same depth and features).
-    rows.append({"model": "general-2d", **end_to_end(load_model("general-2d"), (big, big), "YX")})
-    rows[-1]["over_bare"] = rows[-1]["mpix_per_s"] / results["bare_mpix_s"]
-    print(json.dumps(rows[-1]), flush=True)
+    # And a time-lapse of small planes, whose noise levels and fusion's choices run on the device together.
+    for shape, axes in [((big, big), "YX"), ((8, 128, 128) if quick else (64, 512, 512), "SYX")]:
+        rows.append({"model": "general-2d", **end_to_end(load_model("general-2d"), shape, axes)})
+        rows[-1]["over_bare"] = rows[-1]["mpix_per_s"] / results["bare_mpix_s"]
+        print(json.dumps(rows[-1]), flush=True)
     for shape in ([(16, 64, 64)] if quick else [(64, 512, 512), (256, 1024, 1024)]):
         rows.append(end_to_end(n2v2_3d, shape, "ZYX", fusion=False))
         rows[-1]["over_bare"] = None
