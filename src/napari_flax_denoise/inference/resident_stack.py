@@ -48,10 +48,10 @@ def value_range(x):
 def chunk_planes(shape, budget: int | None) -> int | None:
     """Planes per chunk for a model-layout stack of ``shape`` ``(N, *spatial, C)``, or None to send it whole.
 
-    As many planes as ``budget`` bytes of device memory hold (at least one),
-    but no more than a quarter of the stack and no fewer than 4 Mi pixels;
-    a divisor of N close to that where there is one, so that every chunk has
-    one shape (each shape compiles its own programs).
+    A quarter of the stack, or 4 Mi pixels' worth of planes if that is more,
+    but no more than ``budget`` bytes of device memory hold (at least one
+    plane); then a divisor of N down to half that, where there is one, so
+    that every chunk has one shape (each shape compiles its own programs).
     """
     count, pixels = shape[0], int(np.prod(shape[1:-1], dtype=np.int64))
     most = count if budget is None else max(1, budget // (pixels * shape[-1] * _BYTES_PER_VALUE))

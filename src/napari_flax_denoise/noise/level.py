@@ -98,9 +98,10 @@ def noise_features(images: np.ndarray, offset: float, scale: float, level=None) 
 
 
 def _features_on_device(images, offset: float, scale: float):
-    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``, all planes in one call; None
-    for fewer than :data:`MANY_PLANES` images under twice the extent of the crops (then the host reads
-    their crops: each crop shape compiles its own program, which a few small images would wait for)."""
+    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``; None for fewer than
+    :data:`MANY_PLANES` images under twice the extent of the crops (then the host reads their crops: each
+    crop shape compiles its own program, which a few small images would wait for). One program serves
+    every image of a shape, however many there are."""
     from .resident_line import features as estimated
 
     spatial = images.shape[1:-1]
@@ -108,7 +109,7 @@ def _features_on_device(images, offset: float, scale: float):
             len(spatial), 2):
         return None
     crops = jnp.stack([images[(slice(None), *window, 0)] for window in crop_windows(spatial)], axis=1)
-    return estimated(crops, jnp.float32(offset), jnp.float32(scale))
+    return jnp.stack([estimated(planes, jnp.float32(offset), jnp.float32(scale)) for planes in crops])
 
 
 def with_noise(images, noise):

@@ -85,15 +85,10 @@ def _texture_scale(detail, level, a, b):
     return jnp.where(counted.sum() < 10 / _TEXTURE_QUANTILE, 1.0, scale)
 
 
-def _features(crops, offset, scale):
+@jax.jit
+def features(crops, offset, scale):
+    """:func:`.level.features` of the line estimated from stacked ``crops`` (each its own reference)."""
     crops = crops.astype(jnp.float32)
     a, b = noise_line(crops, crops)
     at = (a * (offset + scale * jnp.array([0.0, 1.0])) + b) / scale**2
     return jnp.sqrt(jnp.maximum(at, 0.0))
-
-
-@jax.jit
-def features(crops, offset, scale):
-    """:func:`.level.features` of each image's line, estimated from its stacked crops ``(N, K, *crop)``
-    (each its own reference): ``(N, 2)``, every image in one program."""
-    return jax.vmap(_features, in_axes=(0, None, None))(crops, offset, scale)
