@@ -27,7 +27,7 @@ from ..models.checkpoint import TrainedModel, resolve_model
 from ..models.embedded import default_model_for
 from ..models.normalization import Normalization
 from ..network.unet import halo as network_halo
-from ..noise.level import noise_features, variance_line
+from ..noise.level import MANY_PLANES, noise_features, variance_line
 from ..progress import Progress, drive, relay
 from ..runtime.backend import active
 from ..runtime.devices import Placement, default_batch_size, memory_budget
@@ -164,7 +164,7 @@ def _denoise_lazy(image, model, axes, options, out=None):
                 result = (block.astype(np.float32),) + ((np.zeros(block.shape, np.float32),)
                                                         if options["return_std"] else ())
             else:
-                inner = _denoise_array(block, model, inner_axes, **options)
+                inner = _denoise_array(block, model, inner_axes, recurring=len(indices) >= MANY_PLANES, **options)
                 result = yield from relay(inner, lambda step, number=number: Progress(
                     number * step.total + step.done, len(indices) * step.total))
             result = result if isinstance(result, tuple) else (result,)
@@ -189,7 +189,9 @@ def _read(image, index):
 
 
 def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion, precision,
-                   report=None, noise_level=None):
+                   report=None, noise_level=None, recurring=False):
+    """Denoise one in-memory image or stack (see :func:`denoise_iter`); ``recurring``: images of its shape
+    come again and again (the planes of a lazy stack, see :func:`.noise.level.noise_features`)."""
     config = model.config
     resident = active().resident_inference
     image, layout = check_image(image, axes, values=not resident)  # resident: the device checks them
@@ -223,7 +225,8 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise UserInputError(f"batch_size must be a positive whole number, not {batch_size!r}.")
     run = partial(_model_pass, model, tile_shape=tile_shape, halos=halos, batch_size=batch_size, tta=tta,
-                  return_std=return_std, fusion=fusion, precision=precision, noise_level=noise_level)
+                  return_std=return_std, fusion=fusion, precision=precision, noise_level=noise_level,
+                  recurring=recurring or len(x) >= MANY_PLANES)
     # A pretrained model meets every image on the image's own scale.
     norms = partial(_fitted, config) if config.normalize_per_image else (model.input_norm, model.output_norm)
     planes = chunk_planes(x.shape, memory_budget()) if resident else None
@@ -260,7 +263,7 @@ def _fitted(config, x):
 
 
 def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_std, fusion, precision,
-                noise_level):
+                noise_level, recurring):
     """Denoise raw model-layout ``x`` (host, or on the device) with the normalisations ``norms``.
 
     A generator; returns ``(mean, std, weight, noise)``: the result and its spread (None without
@@ -268,7 +271,7 @@ def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_s
     without fusion); the noise channels ``(N, 2)`` of a noise-aware model (else None).
     """
     config, (input_norm, output_norm) = model.config, norms
-    noise = _noise_of(x, config, input_norm, noise_level)  # from a few crops, where the image is
+    noise = _noise_of(x, config, input_norm, noise_level, recurring)  # from a few crops, where the image is
     x = input_norm.apply(x)
     mean, std = yield from _predict(model, x, tile_shape, halos, batch_size, tta, return_std, precision, noise)
     weight = None
@@ -279,7 +282,7 @@ def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_s
         same = input_norm == output_norm  # n2v / n2v2 and per-image models: no copy of a large stack
         noisy = x if same else output_norm.apply(input_norm.undo(x))
         units = 1.0 if same else np.float32(output_norm.scale) / np.float32(input_norm.scale)
-        fuse = fuse_on_device if isinstance(mean, jax.Array) else fuse_images
+        fuse = partial(fuse_on_device, recurring=recurring) if isinstance(mean, jax.Array) else fuse_images
         mean, std, weight = fuse(model.network, x, mean, std, blind=config.self_supervised, noisy=noisy,
                                  units=units, noise=noise)
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
@@ -288,14 +291,14 @@ def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_s
     return mean, std, weight, noise
 
 
-def _noise_of(x, config, norm, level):
+def _noise_of(x, config, norm, level, recurring=False):
     """The noise channels of raw model-layout ``x`` for a noise-aware model (None for others)."""
     if not config.noise_input:
         if level is not None:
             raise UserInputError("This model does not take a noise level (it finds the noise itself); leave the "
                                  "noise level out, or choose a noise-aware model such as general-2d.")
         return None
-    return noise_features(x, norm.offset[0], norm.scale[0], level)
+    return noise_features(x, norm.offset[0], norm.scale[0], level, recurring=recurring)
 
 
 def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision, noise=None):

@@ -24,7 +24,6 @@ import numpy as np
 from scipy import ndimage
 
 from ..noise.line import BINS, PER_BIN
-from ..noise.level import MANY_PLANES
 from ..noise.line import bin_ends
 from ..noise.resident_line import noise_line
 from .fusion import _CROP, _MIN_BIN_WIDTH, _NO_TABLE, _WIDTHS, _crops, _risk, choose, divergence
@@ -46,20 +45,22 @@ def gaussian_filter(a, sigma: float, axes):
 
 
 def fuse_on_device(network, images, predictions, std=None, blind: bool = True, noisy=None, units=1.0,
-                   noise=None):
+                   noise=None, recurring: bool = False):
     """:func:`.fusion.fuse_images` for JAX arrays, on their device.
 
     ``predictions`` and ``std`` are donated: use the returned arrays. Takes
     and returns what :func:`.fusion.fuse_images` does, except that the mean
     weight is a device scalar: reading it waits for the work, so the caller
-    reads it once everything is dispatched.
+    reads it once everything is dispatched. The weights are chosen on the
+    device for large images, and for small ones that are ``recurring`` (see
+    :func:`~napari_flax_denoise.noise.level.noise_features`); other small
+    images send their crops to the host.
     """
     noisy = images if noisy is None else noisy
     units = np.broadcast_to(np.asarray(units, np.float64), (images.shape[-1],))
     spatial = images.shape[1:-1]
     crops = _crops(spatial)
-    # Several crops, each of the full size, or a stack whose planes share one program: chosen on the device.
-    on_device = (len(crops) > 1 and min(spatial) >= _CROP[len(spatial)]) or images.shape[0] >= MANY_PLANES
+    on_device = recurring or (len(crops) > 1 and min(spatial) >= _CROP[len(spatial)])  # several full-size crops
     weights = []
     for n in range(images.shape[0]):
         centre = divergence(network, images[n:n + 1], noise=None if noise is None else noise[n:n + 1])

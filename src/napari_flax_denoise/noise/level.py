@@ -24,8 +24,8 @@ from .line import noise_line
 
 _CROP = {2: 128, 3: 48}  # crop edge per spatial dimension
 _CROPS_PER_AXIS = {2: 4, 3: 2}
-# From this many images of one shape on, a stack's small images share the device's compiled programs
-# (noise level, fusion's choice) instead of sending their crops to the host one by one.
+# From this many images of one shape on (a stack, in memory or read plane by plane), small images share
+# the device's compiled programs (noise level, fusion's choice) instead of sending crops to the host.
 MANY_PLANES = 8
 
 
@@ -80,35 +80,34 @@ def features(line, offset: float, scale: float) -> tuple[float, float]:
     return tuple(float(np.sqrt(max(v, 0.0))) for v in at)
 
 
-def noise_features(images: np.ndarray, offset: float, scale: float, level=None) -> np.ndarray:
+def noise_features(images: np.ndarray, offset: float, scale: float, level=None, *,
+                   recurring: bool = False) -> np.ndarray:
     """``(N, 2)`` noise channels for raw model-layout one-channel ``images`` ``(N, *spatial, 1)``.
 
     ``level`` (optional, image units, see :func:`variance_line`) is used for
-    every image instead of an estimate of each one's own. For large images,
-    or a stack of many, on a device the estimate is made there and the
-    channels stay there (a JAX array); a few small ones are read crop by crop.
+    every image instead of an estimate of each one's own. On a device, the
+    estimate is made there and the channels stay there (a JAX array) for
+    large images, and for small ones that are ``recurring``: images of this
+    shape come again and again (a stack of at least :data:`MANY_PLANES`), so
+    the device's program for them pays for its compilation. Other small
+    images send their crops to the host (each crop shape compiles its own
+    program, which a few small images would wait for).
     """
     given = None if level is None else variance_line(level)
     if given is None and array_namespace(images) is not np:  # the accelerator route: estimated on the device
-        estimated = _features_on_device(images, offset, scale)
-        if estimated is not None:
-            return estimated
+        spatial = images.shape[1:-1]
+        if recurring or min(spatial) >= 2 * _CROP.get(len(spatial), 48) * _CROPS_PER_AXIS.get(len(spatial), 2):
+            return _features_on_device(images, offset, scale)
     return np.array([features(given or estimate_line(image[..., 0]), offset, scale) for image in images],
                     np.float32)
 
 
 def _features_on_device(images, offset: float, scale: float):
-    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``; None for fewer than
-    :data:`MANY_PLANES` images under twice the extent of the crops (then the host reads their crops: each
-    crop shape compiles its own program, which a few small images would wait for). One program serves
-    every image of a shape, however many there are."""
+    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``: their crops gathered at
+    once, then one program (per crop shape) for each image."""
     from .resident_line import features as estimated
 
-    spatial = images.shape[1:-1]
-    if images.shape[0] < MANY_PLANES and min(spatial) < 2 * _CROP.get(len(spatial), 48) * _CROPS_PER_AXIS.get(
-            len(spatial), 2):
-        return None
-    crops = jnp.stack([images[(slice(None), *window, 0)] for window in crop_windows(spatial)], axis=1)
+    crops = jnp.stack([images[(slice(None), *window, 0)] for window in crop_windows(images.shape[1:-1])], axis=1)
     return jnp.stack([estimated(planes, jnp.float32(offset), jnp.float32(scale)) for planes in crops])
 
 
