@@ -109,38 +109,50 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_exit_2_without_traceback(files, tmp_path, case):
+def _bad_case(files, folder, case):
+    """A BAD case's command line, with the files it names written into ``folder``."""
     rng = np.random.default_rng(0)
     paths = {
-        "noisy": files / "noisy.tif", "dir": tmp_path, "broken": tmp_path / "broken",
-        "nan": _write(tmp_path, "nan.npy", np.full((32, 32), np.nan)),
-        "constant": _write(tmp_path, "constant.npy", np.full((32, 32), 3.0)),
-        "complex": _write(tmp_path, "complex.npy", np.ones((32, 32), complex)),
-        "bool": _write(tmp_path, "bool.npy", np.ones((32, 32), bool)),
-        "empty": _write(tmp_path, "empty.npy", np.ones((0, 32))),
-        "pixel": _write(tmp_path, "pixel.npy", np.ones((1, 1))),
-        "volume": _write(tmp_path, "volume.tif", rng.random((8, 32, 32)).astype(np.float32)),
-        "small": _write(tmp_path, "small.tif", rng.random((64, 64)).astype(np.float32)),
+        "noisy": files / "noisy.tif", "dir": folder, "broken": folder / "broken",
+        "nan": _write(folder, "nan.npy", np.full((32, 32), np.nan)),
+        "constant": _write(folder, "constant.npy", np.full((32, 32), 3.0)),
+        "complex": _write(folder, "complex.npy", np.ones((32, 32), complex)),
+        "bool": _write(folder, "bool.npy", np.ones((32, 32), bool)),
+        "empty": _write(folder, "empty.npy", np.ones((0, 32))),
+        "pixel": _write(folder, "pixel.npy", np.ones((1, 1))),
+        "volume": _write(folder, "volume.tif", rng.random((8, 32, 32)).astype(np.float32)),
+        "small": _write(folder, "small.tif", rng.random((64, 64)).astype(np.float32)),
     }
-    (tmp_path / "garbage.tif").write_bytes(b"II*\x00 this is not a tiff")
-    paths["garbage"] = tmp_path / "garbage.tif"
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "model.json").write_text("{not json")
-    args, fragment = BAD[case]
-    args = [a.format(**paths) for a in args if a is not None]
+    (folder / "garbage.tif").write_bytes(b"II*\x00 this is not a tiff")
+    paths["garbage"] = folder / "garbage.tif"
+    (folder / "broken").mkdir()
+    (folder / "broken" / "model.json").write_text("{not json")
+    args = [a.format(**paths) for a in BAD[case][0] if a is not None]
     if args[0] == "denoise":
-        args += ["--output", tmp_path / "out.tif"]
+        args += ["--output", folder / "out.tif"]
         if "--model" not in args:
             args += ["--model", files / "model"]
     if args[0] == "train":
-        args += ["--output", tmp_path / "trained"]
-    inputs = {p: _digest(p) for p in paths.values() if p.is_file()}
-    run = flax_denoise(*args)
+        args += ["--output", folder / "trained"]
+    return args, {p: _digest(p) for p in paths.values() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(files, tmp_path_factory):
+    """Every BAD case run at once, each in its own folder: each is mostly Python and JAX starting, on one core."""
+    folders = {case: tmp_path_factory.mktemp("bad") for case in BAD}
+    cases = {case: _bad_case(files, folder, case) for case, folder in folders.items()}
+    runs = flax_denoise_together(*[args for args, _ in cases.values()])
+    return {case: (folders[case], inputs, run) for (case, (_, inputs)), run in zip(cases.items(), runs)}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exit_2_without_traceback(bad_runs, case):
+    folder, inputs, run = bad_runs[case]
     assert run.returncode == 2, (run.stdout, run.stderr)
     assert "Traceback" not in run.stderr
-    assert fragment in run.stderr
-    assert not (tmp_path / "out.tif").exists()
+    assert BAD[case][1] in run.stderr
+    assert not (folder / "out.tif").exists()
     assert {p: _digest(p) for p in inputs} == inputs  # inputs never modified
 
 

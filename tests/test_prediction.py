@@ -6,7 +6,7 @@ from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.models.normalization import Normalization
 from napari_flax_denoise.network.unet import halo
-from napari_flax_denoise.inference.prediction import _forward
+from napari_flax_denoise.inference.host_tiles import _forward
 from napari_flax_denoise.inference.tiling import check_tiling, default_tile_shape, edge_margin, tile_spans
 from napari_flax_denoise.runtime.backend import active
 

@@ -2,9 +2,11 @@
 
 ``prediction``
     ``denoise`` / ``denoise_iter``: normalisation, tiles, test-time augmentation, lazy stacks.
-``resident``, ``resident_fusion``
+``host_tiles``
+    The CPU route: tiles cut and stitched on the host, one batch at a time.
+``resident``, ``resident_fusion``, ``resident_stack``
     The accelerator route: the image stays on the device, tiles are cut and stitched there,
-    and fusion runs there too.
+    and fusion runs there too; a stack goes in chunks of planes, its transfers overlapping the work.
 ``augmentation``
     Test-time augmentation over the 8 symmetries of the YX plane.
 ``tiling``

@@ -13,81 +13,28 @@ about its own size.
 
 from __future__ import annotations
 
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
 import numpy as np
-from flax import nnx
 
 from ..axes import check_image, check_range, is_lazy, validate_axes
 from ..errors import UserInputError
-from ..models.checkpoint import TrainedModel, resolve_model
+from ..models.checkpoint import resolve_model
 from ..models.embedded import default_model_for
 from ..models.normalization import Normalization
-from ..network.unet import halo as network_halo
 from ..noise.level import MANY_PLANES, noise_features, variance_line
 from ..progress import Progress, drive, relay
 from ..runtime.backend import active
-from ..runtime.devices import Placement, default_batch_size, memory_budget
+from ..runtime.devices import default_batch_size, memory_budget
 from .augmentation import tta_mean_std
 from .fusion import fuse_images, fusion_applies
-from .resident import apply_network, predict_resident
+from .host_tiles import predict_tiled
+from .resident import predict_resident
 from .resident_fusion import fuse_on_device
 from .resident_stack import chunk_planes, stream_stack, to_device, value_range
-from .tiling import check_tiling, default_tile_shape, edge_margin, tile_spans
-
-
-@partial(jax.jit, static_argnums=(0, 1, 2))
-def _forward(graphdef, conv, precision, state, batch, valid):
-    return apply_network(graphdef, state, batch, valid, conv, precision)
-
-
-def predict_tiled(model: TrainedModel, images: np.ndarray, tile_shape, halos, batch_size, precision="float32",
-                  noise=None):
-    """Apply the network to normalised model-layout ``images`` tile by tile, cut on the host.
-
-    A generator: yields :class:`~napari_flax_denoise.progress.Progress` after
-    every batch of tiles and returns the prediction ``(N, *spatial, C_out)``
-    as float32. ``noise`` (``(N, 2)``, noise-aware models) is appended to
-    each tile as constant channels, so the image is never copied with them.
-    The accelerator profile's route is :func:`.resident.predict_resident`.
-    """
-    profile = active()
-    graphdef, state = nnx.split(model.network)
-    placement = Placement(batch_size)  # tiles spread over the devices, weights on each
-    state = placement.replicate(state)
-    spatial = images.shape[1:-1]
-    margin = edge_margin(network_halo(model.config), 2**model.config.depth)
-    spans = [tile_spans(s + 2 * margin, t, h) for s, t, h in zip(spatial, tile_shape, halos)]
-    out = np.empty((*images.shape[:-1], model.config.out_channels), np.float32)
-    jobs = [(n, tile) for n in range(images.shape[0]) for tile in itertools.product(*spans)]
-    total = -(-len(jobs) // batch_size)
-    padded_n, padded = -1, None
-    for done, first in enumerate(range(0, len(jobs), batch_size), start=1):
-        chunk = jobs[first:first + batch_size]
-        channels = images.shape[-1]
-        batch = profile.tile_buffer((batch_size, *tile_shape, channels + (0 if noise is None else noise.shape[-1])))
-        valid = np.zeros((batch_size, len(spatial)), np.int32)
-        for i, (n, tile) in enumerate(chunk):
-            if n != padded_n:  # mirror one image at a time: memory stays at one image
-                padded_n, padded = n, np.pad(images[n], [(margin, margin)] * len(spatial) + [(0, 0)], mode="reflect")
-            batch[(i, *(slice(0, size) for _, size, _, _ in tile), slice(0, channels))] = \
-                padded[tuple(slice(start, start + size) for start, size, _, _ in tile)]
-            if noise is not None:
-                batch[i, ..., channels:] = noise[n]
-            valid[i] = [size for _, size, _, _ in tile]
-        result = np.asarray(_forward(graphdef, profile.convolution, precision, state, placement.split(batch),
-                                     placement.split(valid)))
-        for (n, tile), prediction in zip(chunk, result):
-            keep = [(max(keep_from, margin), min(keep_to, margin + size), start)
-                    for (start, _, keep_from, keep_to), size in zip(tile, spatial)]
-            if all(lo < hi for lo, hi, _ in keep):
-                target = tuple(slice(lo - margin, hi - margin) for lo, hi, _ in keep)
-                out[(n, *target)] = prediction[tuple(slice(lo - start, hi - start) for lo, hi, start in keep)]
-        yield Progress(done, total)
-    return out
+from .tiling import check_tiling, default_tile_shape
 
 
 def denoise_iter(image, model=None, *, axes: str, tile_shape=None, overlap=None, batch_size=None,
@@ -190,8 +137,11 @@ def _read(image, index):
 
 def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, return_std, fusion, precision,
                    report=None, noise_level=None, recurring=False):
-    """Denoise one in-memory image or stack (see :func:`denoise_iter`); ``recurring``: images of its shape
-    come again and again (the planes of a lazy stack, see :func:`.noise.level.noise_features`)."""
+    """Denoise one in-memory image or stack (see :func:`denoise_iter`).
+
+    ``recurring``: images of its shape come again and again (the planes of a
+    lazy stack; see :func:`~napari_flax_denoise.noise.level.noise_features`).
+    """
     config = model.config
     resident = active().resident_inference
     image, layout = check_image(image, axes, values=not resident)  # resident: the device checks them

@@ -1,6 +1,6 @@
 """Tiled prediction with the image resident on the device (the accelerator profile's route).
 
-The host route (:func:`.prediction.predict_tiled`) cuts and mirror-pads tiles
+The host route (:func:`.host_tiles.predict_tiled`) cuts and mirror-pads tiles
 in NumPy, copies each batch to the device and reads its result back before
 the next: on a GPU the device then idles most of the time. Here the
 images go to the device once (``prediction._denoise_array`` sends them and
