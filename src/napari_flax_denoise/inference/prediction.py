@@ -218,7 +218,9 @@ def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_s
 
     A generator; returns ``(mean, std, weight, noise)``: the result and its spread (None without
     ``return_std``) in ``x``'s intensities, arrays where ``x`` is; fusion's mean weight (None
-    without fusion); the noise channels ``(N, 2)`` of a noise-aware model (else None).
+    without fusion); for a noise-aware model ``(levels, scale)``, its noise channels ``(N, 2)`` and
+    the scale that turns them into the image's units (else None). ``recurring``: see
+    :func:`~napari_flax_denoise.noise.level.noise_features`.
     """
     config, (input_norm, output_norm) = model.config, norms
     noise = _noise_of(x, config, input_norm, noise_level, recurring)  # from a few crops, where the image is
