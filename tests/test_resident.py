@@ -123,23 +123,24 @@ def test_a_stack_is_cut_into_chunks_of_one_shape_that_fit_the_device():
     assert chunk_planes((3, 130, 150, 1), None) is None  # small: sent whole
     assert chunk_planes((8, 2048, 2048, 1), None) == 2  # four chunks, so that transfers overlap the work
     assert chunk_planes((1000, 256, 256, 1), None) == 250 and chunk_planes((1009, 256, 256, 1), None) == 253
-    assert chunk_planes((7, 2048, 2048, 1), 2**30) == 1  # 64 bytes per value: a 1 GB budget holds 3 planes
-    assert chunk_planes((12, 1024, 1024, 1), 300 * 2**20) == 4 and chunk_planes((9, 1024, 1024, 1), 300 * 2**20) == 3
+    assert chunk_planes((1000, 2048, 2048, 1), None) == 8  # at most 32 Mi pixels: more only takes memory
+    assert chunk_planes((7, 2048, 2048, 1), 2**30) == 1  # 64 bytes per value: half of 1 GiB holds 2 planes
+    assert chunk_planes((12, 1024, 1024, 1), 600 * 2**20) == 4 and chunk_planes((9, 1024, 1024, 1), 600 * 2**20) == 3
 
 
 def test_a_stack_over_the_device_budget_goes_in_chunks_with_the_host_routes_result(monkeypatch):
-    """A budget that holds four planes: eight go in two chunks, with the stack's one normalisation and each
-    plane's own noise level, fusion and spread, as the host route gives. The planes are small but many, so
-    their noise levels and fusion's choices are made on the device (one program for all), not on the host."""
+    """A budget whose half holds four planes: eight go in two chunks, with the stack's one normalisation and
+    each plane's own noise level, fusion and spread, as the host route gives. The planes are small but many,
+    so their noise levels and fusion's choices are made on the device (one program for all), not the host."""
     model = _model(noise_input=True, normalize_per_image=True, features=4)
     rng = np.random.default_rng(6)
     stack = (rng.normal(0, 10, (8, 120, 120)) * np.arange(1, 9)[:, None, None] + 300).astype(np.float32)
-    assert chunk_planes((8, 120, 120, 1), 4_750_000) == 4
+    assert chunk_planes((8, 120, 120, 1), 9_500_000) == 4
     device = jnp.asarray(stack[..., None])
     assert isinstance(noise_features(device, 300.0, 10.0, recurring=True), jax.Array)
     assert isinstance(noise_features(device, 300.0, 10.0), np.ndarray)  # a few small ones: crops to the host
     results = {}
-    for profile, budget in (("cpu", ""), ("accelerator", "4.75MB")):
+    for profile, budget in (("cpu", ""), ("accelerator", "9.5MB")):
         monkeypatch.setenv(MEMORY_ENV, budget)
         report, events = {}, []
         with use_backend(profile):

@@ -27,10 +27,12 @@ from ..progress import Progress, relay
 
 # Device bytes per value (pixel and channel) of a chunk in flight: its float32 copies in the pipeline
 # (normalised, mirrored and padded, the prediction, fused, undone, TTA's sums), the next chunk arriving
-# and the last one's result leaving. Tiles have their own share of the budget (``default_batch_size``).
+# and the last one's result leaving. The chunks take at most half the memory budget: the tile batches
+# are sized to the budget too (``default_batch_size``), and XLA needs room of its own.
 _BYTES_PER_VALUE = 64
 _CHUNKS = 4  # a large stack goes in at least this many chunks, so that its transfers overlap the work
 _MIN_CHUNK_PIXELS = 2**22  # smaller chunks would leave the device's tile batches part empty
+_MAX_CHUNK_PIXELS = 2**25  # larger ones only take memory (2 GiB at 64 bytes per value)
 
 
 def to_device(x):
@@ -48,14 +50,17 @@ def value_range(x):
 def chunk_planes(shape, budget: int | None) -> int | None:
     """Planes per chunk for a model-layout stack of ``shape`` ``(N, *spatial, C)``, or None to send it whole.
 
-    A quarter of the stack, or 4 Mi pixels' worth of planes if that is more,
-    but no more than ``budget`` bytes of device memory hold (at least one
-    plane); then a divisor of N down to half that, where there is one, so
-    that every chunk has one shape (each shape compiles its own programs).
+    A quarter of the stack's pixels, but at least 4 Mi and at most 32 Mi
+    (and at least one plane); no more planes than half of ``budget`` bytes
+    of device memory holds; then a divisor of N down to half that, where
+    there is one, so that every chunk has one shape (each shape compiles its
+    own programs).
     """
     count, pixels = shape[0], int(np.prod(shape[1:-1], dtype=np.int64))
-    most = count if budget is None else max(1, budget // (pixels * shape[-1] * _BYTES_PER_VALUE))
-    planes = min(most, max(-(-_MIN_CHUNK_PIXELS // pixels), -(-count // _CHUNKS)))
+    target = min(max(count * pixels // _CHUNKS, _MIN_CHUNK_PIXELS), _MAX_CHUNK_PIXELS)
+    planes = max(1, -(-target // pixels))
+    if budget is not None:
+        planes = min(planes, max(1, budget // 2 // (pixels * shape[-1] * _BYTES_PER_VALUE)))
     if planes >= count:
         return None
     return next((p for p in range(planes, (planes + 1) // 2 - 1, -1) if count % p == 0), planes)
