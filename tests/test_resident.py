@@ -223,7 +223,7 @@ def test_a_large_image_is_chosen_for_on_the_device_as_on_the_host(sigma, smooth,
 
 def test_a_large_image_is_fused_on_the_device_as_on_the_host():
     """Normalisation, divergence, the choice from four crops and every pixel's weight on the device
-    (the noise channels on the device: test_noise_level)."""
+    (the noise channels on the device: the test after this one)."""
     model = _model()
     rng = np.random.default_rng(7)
     clean = 50 + 20 * np.sin(np.arange(600)[:, None] / 9.0) * np.cos(np.arange(560)[None] / 13.0)

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from ..noise.line import BINS, PER_BIN
-from ..noise.line import bin_ends
+from ..noise.line import BINS, PER_BIN, bin_ends
 from ..noise.resident_line import noise_line
 from .fusion import _CROP, _MIN_BIN_WIDTH, _NO_TABLE, _WIDTHS, _crops, _risk, choose, divergence
 
