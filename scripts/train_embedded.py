@@ -264,7 +264,7 @@ def card(output: Path, rows: list[dict]) -> None:
 * **Use**: any 2D greyscale image (microscopy, medical, photographs) with
   Gaussian or Poisson-Gaussian noise of unknown strength; 3D stacks get
   general-3d by default, and this model plane by plane when chosen (or when a
-  stack has fewer than 4 planes). Every image is normalised on its own, so any
+  stack has fewer than 4 planes). Every image (every plane of a stack) is normalised on its own, so any
   intensity range works. `flax-denoise denoise IMAGE --output OUT` uses it
   when no `--model` is given; fine-tune it with `--init general-2d`.{noise_note(info)}
 * **Network**: U-Net, depth {info['config']['depth']}, {info['config']['features']} features{

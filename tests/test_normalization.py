@@ -53,3 +53,34 @@ def test_per_image_normalisation_follows_each_image_scale(noisy, tiny_config):
     large = denoise(noisy * 40 + 1000, model, axes="YX")
     # The same picture at another intensity scale gives the same result at that scale.
     np.testing.assert_allclose(large, small * 40 + 1000, rtol=1e-4, atol=0.05 * 40)
+
+
+@pytest.mark.parametrize("method", ["percentile", "meanstd"])
+def test_each_plane_gets_its_own_statistics_on_the_host_and_the_device(method):
+    """PlaneNormalization: plane n's statistics are those of plane n alone; a constant plane comes back as
+    its constant, with no spread."""
+    import jax
+
+    from napari_flax_denoise.models.normalization import PlaneNormalization
+
+    rng = np.random.default_rng(2)
+    stack = rng.normal(100, 20, (3, 40, 30, 1)) * np.array([1.0, 0.05, 1.0])[:, None, None, None]
+    stack[2] = 9.0
+    stack = stack.astype(np.float32)
+    host = PlaneNormalization.fit(stack, method)
+    device = PlaneNormalization.fit(jax.device_put(stack), method)
+    alone = Normalization.fit([stack[:1]], method), Normalization.fit([stack[1:2]], method)
+    np.testing.assert_allclose(host.offset[:2, 0], [n.offset[0] for n in alone], rtol=1e-6)
+    np.testing.assert_allclose(host.scale[:2, 0], [n.scale[0] for n in alone], rtol=1e-6)
+    np.testing.assert_array_equal(host.flat[:, 0], [False, False, True])
+    for norm in (host, device):
+        np.testing.assert_allclose(np.asarray(norm.offset), host.offset, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(norm.scale), host.scale, rtol=1e-5)
+        normed = norm.apply(stack if norm is host else jax.device_put(stack))
+        spreads = np.asarray(normed[:2]).std(axis=(1, 2, 3))  # the dim plane on the same scale as the bright one
+        assert normed.dtype == np.float32 and abs(spreads[1] / spreads[0] - 1) < 0.1
+        back = np.asarray(norm.undo(normed + 0.5 * (norm is host)))  # a constant plane ignores what it is given
+        np.testing.assert_array_equal(back[2], 9.0)
+        np.testing.assert_array_equal(np.asarray(norm.undo(normed, shift=False))[2], 0.0)
+        if norm is device:
+            np.testing.assert_allclose(back, stack, rtol=1e-5, atol=1e-3)

@@ -148,3 +148,21 @@ def test_out_receives_a_lazy_stack_plane_by_plane(tiny_model, noisy):
     returned = denoise(RecordingArray(stack), tiny_model, axes="TYX", out=out)
     assert returned is out
     np.testing.assert_allclose(out, denoise(stack, tiny_model, axes="TYX"), atol=1e-4)
+
+
+def test_a_per_image_model_sees_each_plane_of_a_stack_as_it_would_alone():
+    """Normalised plane by plane: a dim frame of a time-lapse (or a dim channel) is denoised in a stack as
+    alone, a stack read lazily gives what it gives in memory, and a blank frame stays blank."""
+    model = _random_model(algorithm="care", normalize_per_image=True, noise_input=True)
+    rng = np.random.default_rng(5)
+    stack = (rng.normal(10, 3, (3, 40, 48)) * np.array([1.0, 0.05, 1.0])[:, None, None]).astype(np.float32)
+    stack[2] = 4.0
+    together = denoise(stack, model, axes="TYX", fusion=True)
+    lazily = denoise(RecordingArray(stack), model, axes="TYX", fusion=True)
+    for plane in range(2):
+        np.testing.assert_allclose(together[plane], denoise(stack[plane], model, axes="YX", fusion=True),
+                                   rtol=1e-5, atol=1e-5 * np.ptp(stack[plane]))
+    np.testing.assert_allclose(lazily, together, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(together[2], 4.0)
+    channels = denoise(np.moveaxis(stack[:2], 0, -1), model, axes="YXC", fusion=True)  # one-channel model
+    np.testing.assert_allclose(np.moveaxis(channels, -1, 0), together[:2], rtol=1e-5, atol=1e-5)

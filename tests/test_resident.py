@@ -129,8 +129,8 @@ def test_a_stack_is_cut_into_chunks_of_one_shape_that_fit_the_device():
 
 
 def test_a_stack_over_the_device_budget_goes_in_chunks_with_the_host_routes_result(monkeypatch):
-    """A budget whose half holds four planes: eight go in two chunks, with the stack's one normalisation and
-    each plane's own noise level, fusion and spread, as the host route gives. The planes are small but many,
+    """A budget whose half holds four planes: eight go in two chunks, with each plane's own normalisation,
+    noise level, fusion and spread, as the host route gives. The planes are small but many,
     so their noise levels and fusion's choices are made on the device (one program for all), not the host."""
     model = _model(noise_input=True, normalize_per_image=True, features=4)
     rng = np.random.default_rng(6)

@@ -23,7 +23,7 @@ from ..axes import check_image, check_range, is_lazy, validate_axes
 from ..errors import UserInputError
 from ..models.checkpoint import resolve_model
 from ..models.embedded import default_model_for
-from ..models.normalization import Normalization
+from ..models.normalization import PlaneNormalization
 from ..noise.level import MANY_PLANES, noise_features, variance_line
 from ..progress import Progress, drive, relay
 from ..runtime.backend import active
@@ -193,8 +193,8 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
         if fusion:
             report.setdefault("fusion_weights", []).append(float(weight))
         if noise is not None:
-            levels, scale = noise  # read once the device has the work
-            levels = np.asarray(jax.device_get(levels), np.float32)
+            levels, scale = jax.device_get(noise)  # read once the device has the work
+            levels = np.asarray(levels, np.float32)
             report.setdefault("noise_levels", []).extend(levels.tolist())
             sigma = np.sqrt(np.mean(np.square(levels, dtype=np.float64), axis=1)) * scale
             report.setdefault("noise_sigmas", []).extend(sigma.tolist())
@@ -206,9 +206,9 @@ def _denoise_array(image, model, axes, *, tile_shape, overlap, batch_size, tta, 
 
 
 def _fitted(config, x):
-    """The normalisation fitted on model-layout ``x`` (or on the sample of it that the fit reads), as
+    """Each image of model-layout ``x`` on its own scale (see :class:`PlaneNormalization`), as
     ``(input, output)``."""
-    norm = Normalization.fit([x], config.normalization)
+    norm = PlaneNormalization.fit(x, config.normalization)
     return norm, norm
 
 
@@ -218,8 +218,8 @@ def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_s
 
     A generator; returns ``(mean, std, weight, noise)``: the result and its spread (None without
     ``return_std``) in ``x``'s intensities, arrays where ``x`` is; fusion's mean weight (None
-    without fusion); for a noise-aware model ``(levels, scale)``, its noise channels ``(N, 2)`` and
-    the scale that turns them into the image's units (else None). ``recurring``: see
+    without fusion); for a noise-aware model ``(levels, scales)``, its noise channels ``(N, 2)`` and
+    the scales ``(N,)`` that turn them into each image's units (else None). ``recurring``: see
     :func:`~napari_flax_denoise.noise.level.noise_features`.
     """
     config, (input_norm, output_norm) = model.config, norms
@@ -239,7 +239,7 @@ def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_s
                                  units=units, noise=noise)
     mean, std = output_norm.undo(mean), None if std is None else output_norm.undo(std, shift=False)
     if noise is not None:  # with the scale that turns the channels into the image's units
-        noise = (noise, input_norm.scale[0])
+        noise = (noise, input_norm.per_image(len(x))[1])
     return mean, std, weight, noise
 
 
@@ -250,7 +250,7 @@ def _noise_of(x, config, norm, level, recurring=False):
             raise UserInputError("This model does not take a noise level (it finds the noise itself); leave the "
                                  "noise level out, or choose a noise-aware model such as general-2d.")
         return None
-    return noise_features(x, norm.offset[0], norm.scale[0], level, recurring=recurring)
+    return noise_features(x, *norm.per_image(len(x)), level, recurring=recurring)
 
 
 def _predict(model, x, tile_shape, halos, batch_size, tta, with_std, precision, noise=None):

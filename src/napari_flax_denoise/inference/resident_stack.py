@@ -7,10 +7,9 @@ its values are checked there (:func:`value_range`). A stack of many planes
 float32 copies of all of it, and the device would wait while it is copied in
 and while the result is copied out. In chunks, the next chunk is on its way,
 and its values are checked, while this one is denoised, and the last chunk's
-result comes back while this one computes. The stack's normalisation is
-fitted on the same regular sample of all its planes as when it is sent
-whole, and noise levels and fusion are per plane anyway, so the result is the
-same.
+result comes back while this one computes. Normalisation (for models that
+normalise every image on their own), noise levels and fusion are per plane,
+so the result is the same as the stack's sent whole.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..axes import check_range, not_finite
-from ..models.normalization import sample_stride
 from ..progress import Progress, relay
 
 # Device bytes per value (pixel and channel) of a chunk in flight: its float32 copies in the pipeline
@@ -83,10 +81,10 @@ def stream_stack(x, planes: int, run, norms):
         ``run(chunk, norms)``: a generator that denoises one chunk on the
         device and returns ``(mean, std, weight, noise)``: device arrays (std
         may be None), fusion's mean weight (None without fusion) and a
-        noise-aware model's ``(levels, scale)`` (else None).
+        noise-aware model's ``(levels, scales)`` (else None).
     norms : tuple or callable
         The ``(input, output)`` normalisations, or a function that fits them
-        on the sample of the stack that ``Normalization.fit`` reads of it.
+        to a chunk (on the device: per plane, with nothing read back).
 
     Raises
     ------
@@ -94,11 +92,6 @@ def stream_stack(x, planes: int, run, norms):
         NaN or infinite values (before the chunk that holds them is
         denoised), or a constant stack.
     """
-    if callable(norms):  # the values the fit reads of the whole stack, without a copy of it
-        stride = sample_stride(x.shape[:-1])
-        sample = x.reshape(-1, x.shape[-1])[::stride] if x.flags.c_contiguous else x[np.unravel_index(
-            np.arange(0, x.size // x.shape[-1], stride), x.shape[:-1])]
-        norms = norms(to_device(sample))
     starts = range(0, len(x), planes)
 
     def send(start):
@@ -115,7 +108,7 @@ def stream_stack(x, planes: int, run, norms):
         return shown
 
     ahead, pending, outputs, low, high = send(0), None, None, np.inf, -np.inf
-    weights, levels = [], []
+    weights, levels, scales = [], [], []
     for number, start in enumerate(starts):
         chunk, values = ahead
         if start + planes < len(x):
@@ -124,7 +117,8 @@ def stream_stack(x, planes: int, run, norms):
         if not finite:
             raise not_finite()
         low, high = min(low, smallest), max(high, largest)
-        mean, std, weight, noise = yield from relay(run(chunk, norms), partial(overall, number))
+        fitted = norms(chunk) if callable(norms) else norms
+        mean, std, weight, noise = yield from relay(run(chunk, fitted), partial(overall, number))
         for result in (mean, std):
             if result is not None:
                 result.copy_to_host_async()  # comes back while the next chunk computes
@@ -134,12 +128,13 @@ def stream_stack(x, planes: int, run, norms):
         weights.append(None if weight is None else weight * len(chunk))
         if noise is not None:
             levels.append(noise[0])
+            scales.append(noise[1])
     outputs = _land(pending, outputs, len(x))
     check_range(low, high, True)  # a constant stack
     if shown is not None and shown.done < shown.total:  # rounded short
         yield Progress(shown.total, shown.total)
     weight = None if weights[0] is None else float(sum(jax.device_get(weights))) / len(x)
-    return (*outputs, weight, None if noise is None else (jnp.concatenate(levels), noise[1]))
+    return (*outputs, weight, None if noise is None else (jnp.concatenate(levels), jnp.concatenate(scales)))
 
 
 def _land(pending, outputs, count):

@@ -80,35 +80,48 @@ def features(line, offset: float, scale: float) -> tuple[float, float]:
     return tuple(float(np.sqrt(max(v, 0.0))) for v in at)
 
 
-def noise_features(images: np.ndarray, offset: float, scale: float, level=None, *,
-                   recurring: bool = False) -> np.ndarray:
+def noise_features(images: np.ndarray, offset, scale, level=None, *, recurring: bool = False):
     """``(N, 2)`` noise channels for raw model-layout one-channel ``images`` ``(N, *spatial, 1)``.
 
-    ``level`` (optional, image units, see :func:`variance_line`) is used for
-    every image instead of an estimate of each one's own. On a device, the
-    estimate is made there and the channels stay there (a JAX array) for
-    large images, and for small ones that are ``recurring``: images of this
-    shape come again and again (a stack of at least :data:`MANY_PLANES`), so
-    the device's program for them pays for its compilation. Other small
-    images send their crops to the host (each crop shape compiles its own
-    program, which a few small images would wait for).
+    ``offset`` and ``scale`` are the normalisation ``(x - offset) / scale``
+    of every image (numbers), or of each (arrays ``(N,)``, on the host or
+    the device). ``level`` (optional, image units, see
+    :func:`variance_line`) is used for every image instead of an estimate
+    of each one's own. On a device, the estimate is made there and the
+    channels stay there (a JAX array) for large images, and for small ones
+    that are ``recurring``: images of this shape come again and again (a
+    stack of at least :data:`MANY_PLANES`), so the device's program for
+    them pays for its compilation. Other small images send their crops to
+    the host (each crop shape compiles its own program, which a few small
+    images would wait for).
     """
     given = None if level is None else variance_line(level)
     if given is None and array_namespace(images) is not np:  # the accelerator route: estimated on the device
         spatial = images.shape[1:-1]
         if recurring or min(spatial) >= 2 * _CROP.get(len(spatial), 48) * _CROPS_PER_AXIS.get(len(spatial), 2):
-            return _features_on_device(images, offset, scale)
-    return np.array([features(given or estimate_line(image[..., 0]), offset, scale) for image in images],
-                    np.float32)
+            return _channels(_lines_on_device(images), offset, scale)
+    lines = np.array([given or estimate_line(image[..., 0]) for image in images], np.float64).reshape(-1, 2)
+    return _channels(lines, offset, scale)
 
 
-def _features_on_device(images, offset: float, scale: float):
-    """:func:`noise_features` of device ``images`` as a device array ``(N, 2)``: their crops gathered at
-    once, then one program (per crop shape) for each image."""
-    from .resident_line import features as estimated
+def _channels(lines, offset, scale):
+    """:func:`features` of the lines ``(N, 2)`` for each image's ``offset`` and ``scale`` (numbers or
+    arrays ``(N,)``): an ``(N, 2)`` float32 array, on the device where the lines or the statistics are."""
+    xp = next((array_namespace(v) for v in (lines, offset, scale) if array_namespace(v) is not np), np)
+    kind = np.float64 if xp is np else np.float32
+    offset, scale = (xp.asarray(v, kind).reshape(-1, 1) for v in (offset, scale))
+    lines = xp.asarray(lines, kind)
+    at = (lines[:, :1] * (offset + scale * xp.asarray([0.0, 1.0], kind)) + lines[:, 1:]) / scale**2
+    return xp.sqrt(xp.maximum(at, 0.0)).astype(np.float32)
+
+
+def _lines_on_device(images):
+    """The variance lines ``(N, 2)`` of device ``images``, as a device array: their crops gathered at once,
+    then one program (per crop shape) for each image."""
+    from .resident_line import estimated_line
 
     crops = jnp.stack([images[(slice(None), *window, 0)] for window in crop_windows(images.shape[1:-1])], axis=1)
-    return jnp.stack([estimated(planes, jnp.float32(offset), jnp.float32(scale)) for planes in crops])
+    return jnp.stack([estimated_line(planes) for planes in crops])
 
 
 def with_noise(images, noise):

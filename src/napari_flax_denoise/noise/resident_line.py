@@ -86,9 +86,7 @@ def _texture_scale(detail, level, a, b):
 
 
 @jax.jit
-def features(crops, offset, scale):
-    """:func:`.level.features` of the line estimated from stacked ``crops`` (each its own reference)."""
+def estimated_line(crops):
+    """The variance line ``(a, b)`` (a device array) of one image's stacked ``crops``, each its own reference."""
     crops = crops.astype(jnp.float32)
-    a, b = noise_line(crops, crops)
-    at = (a * (offset + scale * jnp.array([0.0, 1.0])) + b) / scale**2
-    return jnp.sqrt(jnp.maximum(at, 0.0))
+    return jnp.stack(noise_line(crops, crops))
