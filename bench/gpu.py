@@ -7,7 +7,8 @@ Every figure is measured in this run on this device (ratios side by side):
 
 * ``bare``: the network alone (jit, valid masks, upsampling inside the convolutions) on a batch of
   tiles already on the device;
-* ``denoise()`` end to end on 2048², 4096² and a stack of 8 x 2048² (fusion on and off), with TTA,
+* ``denoise()`` end to end on 2048², 4096² and a stack of 8 x 2048² (fusion on and off; and read
+  lazily from zarr into zarr), with TTA,
   the embedded general-2d on 4096² and on a stack of 64 x 512²,
   in 3D on 64 x 512² and 256 x 1024² (n2v2 3D), each as a ratio to the bare network, with the share
   of its time that only copying the image in and a float32 result out takes;
@@ -79,14 +80,24 @@ def bare_rate(model, batch, tile, precision="float32"):
     return x.size / best / 1e6
 
 
-def end_to_end(model, shape, axes, **options):
+def end_to_end(model, shape, axes, lazy=False, **options):
     """``denoise()``'s time on a random image, and the share of it that only copying the image to the
-    device and a float32 result back takes (what overlapping transfers with compute could win)."""
+    device and a float32 result back takes (what overlapping transfers with compute could win).
+    ``lazy``: the stack is an in-memory zarr array, read plane by plane, and the result goes to another
+    (what the command line does for zarr -> zarr)."""
     image = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
-    best, first = seconds(lambda: denoise(image, model, axes=axes, **options), repeats=2)
+    source, out = image, None
+    if lazy:
+        import zarr
+
+        chunks = (1, *shape[1:])
+        source = zarr.zeros(shape=shape, chunks=chunks, dtype="float32")
+        source[...] = image
+        out = zarr.zeros(shape=shape, chunks=chunks, dtype="float32")
+    best, first = seconds(lambda: denoise(source, model, axes=axes, out=out, **options), repeats=2)
     transfer, _ = seconds(lambda: np.array(jax.device_put(image)), repeats=2)
-    return {"shape": list(shape), "axes": axes, **options, "seconds": best, "first_call_seconds": first,
-            "mpix_per_s": image.size / best / 1e6, "transfer_share": transfer / best}
+    return {"shape": list(shape), "axes": axes, **({"lazy": "zarr"} if lazy else {}), **options, "seconds": best,
+            "first_call_seconds": first, "mpix_per_s": image.size / best / 1e6, "transfer_share": transfer / best}
 
 
 def torch_rates(batch, tile):
@@ -157,7 +168,7 @@ def markdown(results):
              "| case | MPix/s | of the bare network | copying in and out | first call (s) |", "|---|---|---|---|---|"]
     for row in results["end_to_end"]:
         label = f"{row['axes']} {'x'.join(map(str, row['shape']))}" + "".join(
-            f", {k}={v}" for k, v in row.items() if k in ("model", "fusion", "tta", "precision"))
+            f", {k}={v}" for k, v in row.items() if k in ("model", "lazy", "fusion", "tta", "precision"))
         share = "3D model" if row["over_bare"] is None else f"{row['over_bare']:.0%}"
         lines.append(f"| {label} | {row['mpix_per_s']:.1f} | {share} | {row['transfer_share']:.0%} of the time | "
                      f"{row['first_call_seconds']:.1f} |")
@@ -190,6 +201,7 @@ def main():
     cases = [((side, side), "YX", {}), ((side, side), "YX", {"fusion": False}),
              ((big, big), "YX", {}), ((big, big), "YX", {"fusion": False}),
              ((8, side, side), "SYX", {}), ((8, side, side), "SYX", {"fusion": False}),
+             ((8, side, side), "SYX", {"lazy": True}),
              ((side, side), "YX", {"tta": True}), ((side, side), "YX", {"precision": "bfloat16"})]
     rows = []
     for shape, axes, options in cases:

@@ -101,22 +101,30 @@ def test_bfloat16_runs_close_to_float32_on_both_routes(profile):
         denoise(image, model, axes="YX", precision="half")
 
 
-def test_a_lazy_stack_streams_through_the_device_into_out():
-    """The next plane is read, and the last written, by threads: the same result, one read per plane."""
+def test_a_lazy_stack_streams_through_the_device_into_out(monkeypatch):
+    """The planes go through the device in chunks (two planes each here), read and written by threads: the
+    same result as in memory, one read per plane, progress to the end, and bad values in a later chunk
+    refused before it is denoised."""
     from conftest import RecordingArray
 
     model = _model()
-    stack = np.random.default_rng(3).normal(50, 10, (4, 80, 70)).astype(np.float32)
+    stack = np.random.default_rng(3).normal(50, 10, (4, 160, 150)).astype(np.float32)
     stack[2] = 7.0  # a blank frame stays blank
-    lazy, out = RecordingArray(stack), np.full(stack.shape, np.nan, np.float32)
+    lazy, out, events = RecordingArray(stack), np.full(stack.shape, np.nan, np.float32), []
+    monkeypatch.setenv(MEMORY_ENV, "9.5MB")
+    assert chunk_planes((4, 160, 150, 1), 9_500_000) == 2
+    options = dict(axes="TYX", fusion=False, tile_shape=128)
     with use_backend("accelerator"):
-        returned = denoise(lazy, model, axes="TYX", out=out, fusion=False)
+        returned = drive(denoise_iter(lazy, model, out=out, **options), events.append)
+        stack[3, 4, 4] = np.nan
+        with pytest.raises(UserInputError, match="NaN or infinite"):
+            denoise(RecordingArray(stack), model, **options)
     with use_backend("cpu"):
-        expected = denoise(stack, model, axes="TYX", fusion=False)
-    assert returned is out and lazy.reads == [(80, 70)] * 4
+        expected = denoise(stack[:3], model, **options)
+    assert returned is out and lazy.reads == [(160, 150)] * 4
+    assert events[-1].done == events[-1].total and all(a.done <= b.done for a, b in zip(events, events[1:]))
     np.testing.assert_array_equal(out[2], 7.0)
-    planes = [0, 1, 3]  # in memory the blank frame goes through the network too
-    np.testing.assert_allclose(out[planes], expected[planes], atol=1e-4 * np.ptp(stack))
+    np.testing.assert_allclose(out[:3], expected, atol=1e-4 * np.ptp(stack[:3]))  # in memory, the blank frame too
 
 
 def test_a_stack_is_cut_into_chunks_of_one_shape_that_fit_the_device():

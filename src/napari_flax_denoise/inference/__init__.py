@@ -1,7 +1,11 @@
 """Inference: denoising images of any size with a trained model.
 
 ``prediction``
-    ``denoise`` / ``denoise_iter``: normalisation, tiles, test-time augmentation, lazy stacks.
+    ``denoise`` / ``denoise_iter``: the entry point.
+``in_memory``
+    An image or stack in memory: normalisation, noise level, network, test-time augmentation, fusion.
+``lazy_stack``
+    A lazy array (zarr, dask, memory-mapped), a few planes at a time, never whole.
 ``host_tiles``
     The CPU route: tiles cut and stitched on the host, one batch at a time.
 ``resident``, ``resident_fusion``, ``resident_stack``

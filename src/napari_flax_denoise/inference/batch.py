@@ -107,7 +107,8 @@ def denoise_input(opened: OpenedInput, output, *, uncertainty=None, **options):
     returns the output path. ``options`` are those of
     :func:`.prediction.denoise_iter` except ``axes`` and ``return_std``;
     ``tta`` is implied by ``uncertainty``. A lazy input written to
-    ``.zarr`` streams plane by plane, so memory stays at one plane.
+    ``.zarr`` streams plane by plane (on a GPU, in chunks of a few planes), so
+    memory stays flat however long the stack.
     """
     from ..io.files import write_image
     from ..models.checkpoint import resolve_model

@@ -3,7 +3,7 @@
 The host route (:func:`.host_tiles.predict_tiled`) cuts and mirror-pads tiles
 in NumPy, copies each batch to the device and reads its result back before
 the next: on a GPU the device then idles most of the time. Here the
-images go to the device once (``prediction._denoise_array`` sends them and
+images go to the device once (``in_memory.denoise_array`` sends them and
 normalises them there; fusion's per-pixel step follows in
 :mod:`.resident_fusion`); the mirrored margin, cutting the
 tiles (``lax.dynamic_slice`` at each tile's corner), the network, and

@@ -14,6 +14,7 @@ so the result is the same as the stack's sent whole.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -64,19 +65,21 @@ def chunk_planes(shape, budget: int | None) -> int | None:
     return next((p for p in range(planes, (planes + 1) // 2 - 1, -1) if count % p == 0), planes)
 
 
-def stream_stack(x, planes: int, run, norms):
-    """Denoise the host stack ``x`` ``(N, *spatial, C)`` on the device, ``planes`` planes at a time.
+def stream_stack(read, count: int, planes: int, run, norms, land):
+    """Denoise a stack of ``count`` planes on the device, ``planes`` planes at a time.
 
     A generator: yields :class:`~napari_flax_denoise.progress.Progress` for
-    the whole stack and returns what ``run`` returns, for the whole stack,
-    with the arrays on the host: ``(mean, std, weight, noise)``.
+    the whole stack and returns ``(weight, noise)`` for the whole stack (see
+    ``run``); the denoised planes go to ``land``.
 
     Parameters
     ----------
-    x : ndarray
-        Raw model-layout stack (not modified).
-    planes : int
-        Planes per chunk (:func:`chunk_planes`).
+    read : callable
+        ``read(start, stop)``: raw model-layout planes ``[start, stop)``
+        ``(n, *spatial, C)`` on the host (not modified). Called on a thread
+        of its own, one chunk ahead, which also copies them to the device.
+    count, planes : int
+        Planes in the stack, and per chunk (:func:`chunk_planes`).
     run : callable
         ``run(chunk, norms)``: a generator that denoises one chunk on the
         device and returns ``(mean, std, weight, noise)``: device arrays (std
@@ -85,6 +88,9 @@ def stream_stack(x, planes: int, run, norms):
     norms : tuple or callable
         The ``(input, output)`` normalisations, or a function that fits them
         to a chunk (on the device: per plane, with nothing read back).
+    land : callable
+        ``land(start, mean, std)``: takes a chunk's results as host arrays
+        (``std`` None without it), while the next chunk computes.
 
     Raises
     ------
@@ -92,57 +98,64 @@ def stream_stack(x, planes: int, run, norms):
         NaN or infinite values (before the chunk that holds them is
         denoised), or a constant stack.
     """
-    starts = range(0, len(x), planes)
-
-    def send(start):
-        chunk = to_device(x[start:start + planes])
-        return chunk, value_range(chunk)
-
     full, shown = None, None
 
     def overall(number, step):  # the stack's progress, in the first chunk's units, a shorter last chunk pro rata
         nonlocal full, shown
         full = full or step.total
-        total, share = -(-full * len(x) // planes), min(planes, len(x) - number * planes) / planes
+        total, share = -(-full * count // planes), min(planes, count - number * planes) / planes
         shown = Progress(min(total, number * full + round(step.done / step.total * full * share)), total)
         return shown
 
-    ahead, pending, outputs, low, high = send(0), None, None, np.inf, -np.inf
-    weights, levels, scales = [], [], []
-    for number, start in enumerate(starts):
-        chunk, values = ahead
-        if start + planes < len(x):
-            ahead = send(start + planes)  # copied in while this chunk is denoised
-        smallest, largest, finite = jax.device_get(values)  # queued before the last chunk's work: no wait for it
-        if not finite:
-            raise not_finite()
-        low, high = min(low, smallest), max(high, largest)
-        fitted = norms(chunk) if callable(norms) else norms
-        mean, std, weight, noise = yield from relay(run(chunk, fitted), partial(overall, number))
-        for result in (mean, std):
-            if result is not None:
-                result.copy_to_host_async()  # comes back while the next chunk computes
-        if pending is not None:
-            outputs = _land(pending, outputs, len(x))
-        pending = (start, mean, std)
-        weights.append(None if weight is None else weight * len(chunk))
-        if noise is not None:
-            levels.append(noise[0])
-            scales.append(noise[1])
-    outputs = _land(pending, outputs, len(x))
+    def send(start):  # on the reader's thread: read, copy in, and queue the value check
+        chunk = to_device(read(start, min(start + planes, count)))
+        return chunk, value_range(chunk)
+
+    pending, low, high, weights, levels, scales = None, np.inf, -np.inf, [], [], []
+    with ThreadPoolExecutor(1) as reader:
+        ahead = reader.submit(send, 0)
+        for number, start in enumerate(range(0, count, planes)):
+            chunk, values = ahead.result()
+            if start + planes < count:
+                ahead = reader.submit(send, start + planes)  # read and copied in while this chunk is denoised
+            smallest, largest, finite = jax.device_get(values)  # queued before the last chunk's work: no wait
+            if not finite:
+                raise not_finite()
+            low, high = min(low, smallest), max(high, largest)
+            fitted = norms(chunk) if callable(norms) else norms
+            mean, std, weight, noise = yield from relay(run(chunk, fitted), partial(overall, number))
+            for result in (mean, std):
+                if result is not None:
+                    result.copy_to_host_async()  # comes back while the next chunk computes
+            if pending is not None:
+                _land(land, *pending)
+            pending = (start, mean, std)
+            weights.append(None if weight is None else weight * len(chunk))
+            if noise is not None:
+                levels.append(noise[0])
+                scales.append(noise[1])
+        _land(land, *pending)
     check_range(low, high, True)  # a constant stack
     if shown is not None and shown.done < shown.total:  # rounded short
         yield Progress(shown.total, shown.total)
-    weight = None if weights[0] is None else float(sum(jax.device_get(weights))) / len(x)
-    return (*outputs, weight, None if noise is None else (jnp.concatenate(levels), jnp.concatenate(scales)))
+    weight = None if weights[0] is None else float(sum(jax.device_get(weights))) / count
+    return weight, None if not levels else (jnp.concatenate(levels), jnp.concatenate(scales))
 
 
-def _land(pending, outputs, count):
-    """Copy a chunk's results (device) into the stack's host arrays, made at the first chunk."""
-    start, *results = pending
-    if outputs is None:
-        outputs = [None if r is None else np.empty((count, *r.shape[1:]), np.float32) for r in results]
-    for target, result in zip(outputs, results):
-        if result is not None:
-            target[start:start + len(result)] = np.asarray(result)
-    return outputs
+def _land(land, start, mean, std):
+    land(start, np.asarray(mean), None if std is None else np.asarray(std))
+
+
+class HostStack:
+    """The host arrays a stack's denoised chunks land in (:func:`stream_stack`'s ``land``), made at the
+    first chunk: ``arrays`` is ``[mean, std]`` (std None without it)."""
+
+    def __init__(self, count: int):
+        self.count, self.arrays = count, None
+
+    def land(self, start, *results):
+        if self.arrays is None:
+            self.arrays = [None if r is None else np.empty((self.count, *r.shape[1:]), np.float32) for r in results]
+        for target, result in zip(self.arrays, results):
+            if result is not None:
+                target[start:start + len(result)] = result
