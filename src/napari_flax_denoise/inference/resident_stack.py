@@ -118,7 +118,7 @@ def stream_stack(read, count: int, planes: int, run, norms, land):
             chunk, values = ahead.result()
             if start + planes < count:
                 ahead = reader.submit(send, start + planes)  # read and copied in while this chunk is denoised
-            smallest, largest, finite = jax.device_get(values)  # queued before the last chunk's work: no wait
+            smallest, largest, finite = jax.device_get(values)  # queued as the chunk was sent: little or no wait
             if not finite:
                 raise not_finite()
             low, high = min(low, smallest), max(high, largest)
