@@ -188,7 +188,8 @@ class PlaneNormalization:
         stride = sample_stride(x.shape[1:-1], count)
         if array_namespace(x) is np:  # float64 on the host, as Normalization.fit
             values = x.reshape(count, -1, channels)[:, ::stride].astype(np.float64)
-            return cls(*(np.asarray(v, np.float32) for v in _plane_statistics(np, values, method)))
+            offset, scale, flat = _plane_statistics(np, values, method)
+            return cls(offset.astype(np.float32), scale.astype(np.float32), flat)
         return cls(*_device_statistics(x.reshape(count, -1, channels)[:, ::stride], method))
 
     def per_image(self, count: int):
@@ -206,8 +207,15 @@ class PlaneNormalization:
         xp = array_namespace(image)
         offset, scale = self._arrays(image.ndim)
         flat = self.flat.reshape(offset.shape)
-        out = xp.asarray(image, np.float32) * scale
-        return xp.where(flat, offset if shift else 0.0, out + offset if shift else out).astype(np.float32)
+        if xp is not np:
+            out = xp.asarray(image, np.float32) * scale
+            return xp.where(flat, offset if shift else 0.0, out + offset if shift else out).astype(np.float32)
+        out = np.multiply(image, scale, dtype=np.float32)  # then in place: a large stack is not copied again
+        if shift:
+            out += offset
+        if flat.any():
+            np.copyto(out, offset if shift else np.float32(0), where=np.broadcast_to(flat, out.shape))
+        return out
 
     def _arrays(self, ndim: int):
         shape = (len(self.offset), *[1] * (ndim - 2), self.offset.shape[-1])
