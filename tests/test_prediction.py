@@ -135,6 +135,11 @@ def test_lazy_stack_is_read_plane_by_plane_and_matches_eager(tiny_model, noisy):
     np.testing.assert_allclose(std, eager_std, atol=1e-4)
 
 
+def test_an_empty_lazy_stack_is_refused_in_words(tiny_model):
+    with pytest.raises(UserInputError, match="empty"):
+        denoise(RecordingArray(np.zeros((0, 32, 32), np.float32)), tiny_model, axes="TYX")
+
+
 def test_a_blank_frame_in_a_lazy_stack_stays_blank(tiny_model, noisy):
     stack = np.stack([noisy, np.full_like(noisy, 7.0)])
     out = denoise(RecordingArray(stack), tiny_model, axes="TYX")

@@ -196,7 +196,7 @@ def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, laz
             "(convert complex data to magnitudes and masks to numbers first)."
         )
     if image.size == 0:
-        raise UserInputError(f"The {name} is empty (shape {image.shape}); give an image with pixels.")
+        raise empty(image.shape, name)
     axes = validate_axes(axes, image.ndim)
     layout = Layout(axes, tuple(image.shape))
     small = [f"{a}={image.shape[axes.index(a)]}" for a in "ZYX" if a in axes and image.shape[axes.index(a)] < min_size]
@@ -207,6 +207,11 @@ def check_image(image, axes: str, *, name: str = "image", min_size: int = 4, laz
     if not lazy and (values or image.dtype.itemsize > 4):
         check_finite(image, name)
     return image, layout
+
+
+def empty(shape, name: str = "image") -> UserInputError:
+    """The error for an image with no pixels (an axis of length 0)."""
+    return UserInputError(f"The {name} is empty (shape {tuple(shape)}); give an image with pixels.")
 
 
 def not_finite(name: str = "image") -> UserInputError:

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..axes import check_image, validate_axes
+from ..axes import check_image, empty, validate_axes
 from ..noise.level import MANY_PLANES
 from ..progress import Progress, relay
 from ..runtime.backend import active
@@ -30,6 +30,8 @@ def denoise_lazy(image, model, axes, options, out=None):
     """Denoise lazy ``image`` plane by plane (see :func:`~.prediction.denoise_iter`); a generator that
     returns the result: ``out`` when given, else new arrays."""
     axes = validate_axes(axes, len(image.shape))
+    if 0 in tuple(image.shape):
+        raise empty(image.shape)
     outer = [i for i, a in enumerate(axes) if a in "ST" or (a == "C" and model.config.in_channels == 1)]
     indices = []
     for plane in np.ndindex(*[image.shape[i] for i in outer]):
