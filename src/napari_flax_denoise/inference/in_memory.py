@@ -170,9 +170,12 @@ def _model_pass(model, x, norms, *, tile_shape, halos, batch_size, tta, return_s
 def _blank_planes(x):
     """Which planes (and channels) of raw model-layout ``x`` hold one value, ``(N, C)`` where ``x`` is;
     on the host, None when none does."""
+    host = array_namespace(x) is np
+    if host and x.shape[0] == x.shape[-1] == 1:  # one host image: its range was checked whole, not constant
+        return None
     spatial = tuple(range(1, x.ndim - 1))
     blank = x.min(axis=spatial) == x.max(axis=spatial)
-    return blank if array_namespace(x) is not np or blank.any() else None
+    return blank if not host or blank.any() else None
 
 
 def _noise_of(x, config, norm, level, recurring=False):
