@@ -15,9 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
-from .line import _INSIDE_3_SIGMA, _TEXTURE_BLOCK, _TEXTURE_FLOOR, _TEXTURE_QUANTILE, bin_ends
+from .line import _INSIDE_3_SIGMA, _TEXTURE_BLOCK, _TEXTURE_FLOOR, _TEXTURE_QUANTILE, bin_ends, white_noise_quantile
 
 
 def haar(crops, sign: bool):
@@ -79,9 +78,7 @@ def _texture_scale(detail, level, a, b):
     blocks = ratio.reshape(shape).transpose(order).reshape(-1, edge**dims).mean(1)
     counted = blocks > 0  # blocks where the image is constant say nothing
     quantile = jnp.nanquantile(jnp.where(counted, blocks, jnp.nan), _TEXTURE_QUANTILE)
-    n = edge**dims
-    expected = stats.chi2.ppf(_TEXTURE_QUANTILE, n) / n
-    scale = jnp.clip(quantile / expected, _TEXTURE_FLOOR, 1.0)
+    scale = jnp.clip(quantile / white_noise_quantile(edge**dims), _TEXTURE_FLOOR, 1.0)
     return jnp.where(counted.sum() < 10 / _TEXTURE_QUANTILE, 1.0, scale)
 
 
