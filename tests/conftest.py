@@ -25,6 +25,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: left out of the accelerator profile's second run")
     config.xla_cache = tempfile.mkdtemp(prefix="flax-denoise-tests-xla-")
     os.environ["NAPARI_FLAX_DENOISE_CACHE"] = config.xla_cache
+    from napari_flax_denoise.runtime.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 def pytest_ignore_collect(collection_path, config):

@@ -114,9 +114,12 @@ def _progress(job, quiet, unit, describe=None, scale=1):
 
     if quiet:
         return drive(job)
-    bar = tqdm(unit=unit, file=sys.stderr)
+    bars = []  # opened at the first event: a job refused before its work starts shows its error alone
 
     def show(event):
+        if not bars:
+            bars.append(tqdm(unit=unit, file=sys.stderr))
+        bar = bars[0]
         bar.total, bar.n = event.total / scale, event.done / scale
         if describe is not None:
             bar.set_postfix_str(describe(event), refresh=False)
@@ -125,7 +128,8 @@ def _progress(job, quiet, unit, describe=None, scale=1):
     try:
         return drive(job, show)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def _start_process(job: str):
