@@ -8,6 +8,8 @@
                                                 # make a model noise-aware and train it on
     python scripts/train_embedded.py --init general-2d --realizations 2 --synthetic 16 --output /tmp/more
                                                 # more noise draws, and synthetic fluorescence images
+    python scripts/train_embedded.py --init general-2d --features 48 --realizations 3 --synthetic 16 --output /tmp/wide
+                                                # widen a model (same function at first) and train it on
     python scripts/train_embedded.py --steps 8000 --settings '{"depth": 3, "features": 48, "noise_input": true}' \
         --realizations 2 --synthetic 16 --no-evaluate --output /tmp/large
                                                 # a larger network from scratch (a GPU run: scripts/gpu_train.sh)
@@ -135,12 +137,16 @@ def train(output: Path, steps: int, work: Path, init=None, learning_rate=None, n
                     *(["--learning-rate", str(learning_rate)] if learning_rate else [])], check=True)
 
 
-def noise_aware(model: str, folder: Path) -> str:
-    """Save a noise-aware copy of ``model`` (same function, zero weights on the noise channels) in ``folder``."""
+def grown(model: str, folder: Path, noise_input=False, features=None) -> str:
+    """Save in ``folder`` a copy of ``model`` that computes the same function, made noise-aware (zero weights on
+    the noise channels) and / or widened to ``features`` (zero weights out of the added units)."""
     from napari_flax_denoise import load_model
-    from napari_flax_denoise.models.checkpoint import save_model, with_noise_input
+    from napari_flax_denoise.models.checkpoint import save_model
+    from napari_flax_denoise.models.widening import with_features, with_noise_input
 
-    save_model(with_noise_input(load_model(model)), folder)
+    copy = load_model(model)
+    copy = with_noise_input(copy) if noise_input else copy
+    save_model(with_features(copy, features) if features else copy, folder)
     return str(folder)
 
 
@@ -300,6 +306,9 @@ def main(argv=None):
     parser.add_argument("--noise-input", action="store_true",
                         help="make the model noise-aware: --init's network gets the noise-level channels "
                              "(with zero weights, so it starts as it was) and learns to use them")
+    parser.add_argument("--features", type=int,
+                        help="widen --init's network to this many features first (every level alike; the added "
+                             "units start with zero weights out, so it starts as it was)")
     parser.add_argument("--realizations", type=int, default=1,
                         help="noisy copies of each image under each noise (own draws; twice as many for weak noise)")
     parser.add_argument("--synthetic", type=int, default=0,
@@ -327,12 +336,12 @@ def main(argv=None):
     if args.rebuild:
         rebuild(STAGES, args.output, train_stage)
     else:
-        if args.noise_input and not args.init:
-            parser.error("--noise-input widens an existing model: give --init")
+        if (args.noise_input or args.features) and not args.init:
+            parser.error("--noise-input and --features widen an existing model: give --init")
         if args.settings and args.init:
             parser.error("--settings shape a new network: leave --init out")
         train_stage(args.output, args.init, args.steps, args.learning_rate, args.noise_input, args.realizations,
-                    args.synthetic, args.settings)
+                    args.synthetic, args.settings, args.features)
     if args.no_evaluate:
         return None
     rows = evaluate(args.output, args.compare)
@@ -352,22 +361,24 @@ def rebuild(stages, output: Path, train_stage) -> None:
 
 
 def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, noise_input=False,
-                realizations=1, synthetic=0, settings=None) -> None:
-    """One training run into ``output`` (from ``init``, widened first with ``noise_input``; ``realizations``
-    noisy copies per image and noise, ``synthetic`` fluorescence-like images added; ``settings``: more
-    config values); its ``training_record`` tells every run so far."""
+                realizations=1, synthetic=0, settings=None, features=None) -> None:
+    """One training run into ``output`` (from ``init``, grown first with ``noise_input`` and / or to
+    ``features``; ``realizations`` noisy copies per image and noise, ``synthetic`` fluorescence-like images
+    added; ``settings``: more config values); its ``training_record`` tells every run so far."""
     start = training_record(init) if init else None  # read before an output may replace it
     names = TRAIN_IMAGES + [f"synthetic-{i}" for i in range(synthetic)]
     with tempfile.TemporaryDirectory() as work:
-        if noise_input:
-            init = noise_aware(init, Path(work) / "start")
+        if noise_input or features:
+            init = grown(init, Path(work) / "start", noise_input, features)
         train(output, steps, Path(work), init, learning_rate, names=names, load=load_any, realizations=realizations,
               settings=settings)
     for leftover in ("last",):  # the resume state is not shipped
         subprocess.run(["rm", "-rf", str(output / leftover)], check=True)
     info = json.loads((output / "model.json").read_text())
-    data = (f" on {realizations} noise draws per image and noise (twice as many for weak noise)"
-            if realizations > 1 else "") + (f" with {synthetic} synthetic fluorescence images added" if synthetic else "")
+    data = ((f" (widened to {features} features first)" if features else "")
+            + (f" on {realizations} noise draws per image and noise (twice as many for weak noise)"
+               if realizations > 1 else "")
+            + (f" with {synthetic} synthetic fluorescence images added" if synthetic else ""))
     info["info"]["training_record"] = f"{start}, then {stage(info)}{data}" if start else stage(info) + data
     (output / "model.json").write_text(json.dumps(info, indent=2))
 

@@ -41,7 +41,8 @@ def zoo(tmp_path_factory, tiny_model, noisy):
     ``tiny`` exported by the command line with a test image larger than the zoo's tile, ``volume`` a 3D
     model and ``per_image`` a per-image noise-aware one, exported from Python."""
     from napari_flax_denoise.models.bmz import export_bmz
-    from napari_flax_denoise.models.checkpoint import TrainedModel, build_network, with_noise_input
+    from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
+    from napari_flax_denoise.models.widening import with_noise_input
     from napari_flax_denoise.models.normalization import Normalization
 
     folder = tmp_path_factory.mktemp("zoo")

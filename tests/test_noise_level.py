@@ -8,7 +8,8 @@ import pytest
 from napari_flax_denoise import Config, denoise, load_model, train
 from napari_flax_denoise.errors import UserInputError
 from napari_flax_denoise.inference.prediction import denoise_iter
-from napari_flax_denoise.models.checkpoint import save_model, with_noise_input
+from napari_flax_denoise.models.checkpoint import save_model
+from napari_flax_denoise.models.widening import with_noise_input
 from napari_flax_denoise.noise.level import noise_features
 from napari_flax_denoise.progress import drive
 

@@ -180,7 +180,7 @@ def test_settings_are_remembered_restored_and_a_result_replaced(viewer, denoiser
 
 
 def test_the_noise_level_field_serves_noise_aware_models(viewer, denoiser, qtbot, tiny_model, noisy):
-    from napari_flax_denoise.models.checkpoint import with_noise_input
+    from napari_flax_denoise.models.widening import with_noise_input
 
     denoiser.image.value = viewer.add_image(noisy, name="noisy")
     denoiser.advanced.value = True

@@ -6,6 +6,8 @@
     The catalogue of embedded models (each in a folder here, e.g. ``general-2d/``).
 ``normalization``
     The intensity normalisation saved with every model.
+``widening``
+    A trained model grown to take the noise level, or to more features, computing the same function at first.
 """
 
 from .._lazy import lazy_exports

@@ -239,29 +239,3 @@ def resolve_model(model) -> TrainedModel:
                                  f"({', '.join(embedded_models()) or 'none'}); check the name or path.")
         return load_model(model)
     raise UserInputError("model must be a trained model, a model directory or an embedded model's name.")
-
-
-def with_noise_input(model: TrainedModel) -> TrainedModel:
-    """A noise-aware copy of a one-channel ``model`` (``Config.noise_input``) that computes the same function.
-
-    The first convolution gets the noise channels as extra inputs with zero
-    weights, so the copy starts where ``model`` is and learns to use the
-    noise level when trained further (``scripts/train_embedded.py`` builds
-    general-2d this way).
-    """
-    if model.config.noise_input:
-        return model
-    config = model.config.replace(noise_input=True)
-    graphdef, like = nnx.split(nnx.eval_shape(lambda: build_network(config)))
-    old = tree_to_arrays(nnx.state(model.network, nnx.Param))
-
-    def widened(path, leaf):
-        value = old[jax.tree_util.keystr(path)]
-        if value.shape != leaf.shape:  # the first kernel: (*window, in + noise, out)
-            pad = [(0, 0)] * (value.ndim - 2) + [(0, leaf.shape[-2] - value.shape[-2]), (0, 0)]
-            value = np.pad(value, pad)
-        return jax.numpy.asarray(value, leaf.dtype)
-
-    params = jax.tree_util.tree_map_with_path(widened, like)
-    info = {k: v for k, v in model.info.items() if k != "path"}
-    return TrainedModel(config, nnx.merge(graphdef, params), model.input_norm, model.output_norm, info)
