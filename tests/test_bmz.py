@@ -42,8 +42,8 @@ def zoo(tmp_path_factory, tiny_model, noisy):
     model and ``per_image`` a per-image noise-aware one, exported from Python."""
     from napari_flax_denoise.models.bmz import export_bmz
     from napari_flax_denoise.models.checkpoint import TrainedModel, build_network
-    from napari_flax_denoise.models.widening import with_noise_input
     from napari_flax_denoise.models.normalization import Normalization
+    from napari_flax_denoise.models.widening import with_noise_input
 
     folder = tmp_path_factory.mktemp("zoo")
     save_model(tiny_model, folder / "model")

@@ -79,8 +79,7 @@ def _grown(model: TrainedModel, config, random_outputs: bool, seed: int = 0) -> 
     def place(path, leaf):
         name = jax.tree_util.keystr(path)
         value = old[name]
-        start = np.asarray(leaf) if random_outputs else np.zeros(leaf.shape, np.float32)
-        new = np.array(start, np.float32)
+        new = np.array(leaf, np.float32) if random_outputs else np.zeros(leaf.shape, np.float32)
         out = value.shape[-1]
         if value.ndim == 1:  # a bias: added units start at zero
             new[:out], new[out:] = value, 0
