@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -372,8 +373,7 @@ def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, 
             init = grown(init, Path(work) / "start", noise_input, features)
         train(output, steps, Path(work), init, learning_rate, names=names, load=load_any, realizations=realizations,
               settings=settings)
-    for leftover in ("last",):  # the resume state is not shipped
-        subprocess.run(["rm", "-rf", str(output / leftover)], check=True)
+    shutil.rmtree(output / "last", ignore_errors=True)  # the resume state is not shipped
     info = json.loads((output / "model.json").read_text())
     data = ((f" (widened to {features} features first)" if features else "")
             + (f" on {realizations} noise draws per image and noise (twice as many for weak noise)"
@@ -381,6 +381,7 @@ def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, 
             + (f" with {synthetic} synthetic fluorescence images added" if synthetic else ""))
     info["info"]["training_record"] = f"{start}, then {stage(info)}{data}" if start else stage(info) + data
     (output / "model.json").write_text(json.dumps(info, indent=2))
+
 
 if __name__ == "__main__":
     sys.exit(main())
