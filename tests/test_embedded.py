@@ -112,6 +112,21 @@ def test_the_3d_default_beats_the_2d_default_plane_by_plane_with_no_training():
     np.testing.assert_array_equal(denoise(noisy[0], axes="YX"), denoise(noisy[0], "general-2d", axes="YX"))
 
 
+@pytest.mark.slow  # the models' quality: test_noise_level checks that a given level reaches the network
+def test_told_there_is_no_noise_the_defaults_leave_a_clean_image_nearly_as_it_is():
+    import os
+
+    import nibabel
+
+    # Real structure they never trained on: a photograph and nibabel's MR volume (2 mm voxels, fine anatomy).
+    path = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "anatomical.nii")
+    volume = np.asarray(nibabel.load(path).dataobj, np.float32).transpose(2, 1, 0)
+    for image, model, axes in ((data.camera()[:256, :256].astype(np.float32), "general-2d", "YX"),
+                               (volume, "general-3d", "ZYX")):
+        out = denoise(image, model, axes=axes, noise_level=0, fusion=False)  # the network's own answer
+        assert psnr(out, image, data_range=float(np.ptp(image))) > 45, model
+
+
 def test_unknown_model_name_is_a_clear_error(tmp_path):
     run = flax_denoise("denoise", sample_path("ct2d.tif"), "--output", tmp_path / "x.tif", "--model", "no-such")
     assert run.returncode == 2 and "Traceback" not in run.stderr
