@@ -3,6 +3,7 @@
     python bench/noise_aware.py                       # general-2d now, BM3D from the peers' venv
     python bench/noise_aware.py --model DIR --previous OLD_DIR
     python bench/noise_aware.py --bf16                # also in bfloat16: what --precision bf16 costs
+    python bench/noise_aware.py --tta                 # also with test-time augmentation: what --tta gains
 
 On the benchmark's held-out images (camera, cell, coins, centre 256 x 256,
 never trained on) with the benchmark's noises (``bench/run.py``: Gaussian
@@ -98,6 +99,8 @@ def main(argv=None):
     parser.add_argument("--model", default="general-2d", help="the model to measure (default: general-2d)")
     parser.add_argument("--previous", help="the model it replaces (a directory or embedded name)")
     parser.add_argument("--bf16", action="store_true", help="also denoise in bfloat16 and report its PSNR cost")
+    parser.add_argument("--tta", action="store_true", help="also denoise with test-time augmentation (the mean "
+                                                           "over 8 flips and turns) and report its PSNR gain")
     parser.add_argument("--bm3d", nargs=2, metavar=("INPUTS", "OUTPUTS"), help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(HERE / "noise_aware.json"))
     args = parser.parse_args(argv)
@@ -122,6 +125,8 @@ def main(argv=None):
                 row["previous"] = psnr(denoise(noisy, args.previous, axes="YX"))
             if args.bf16:
                 row["bf16"] = psnr(denoise(noisy, args.model, axes="YX", precision="bfloat16"))
+            if args.tta:
+                row["tta"] = psnr(denoise(noisy, args.model, axes="YX", tta=True))
             if f"{image}/{noise}" in bm3d:
                 row["bm3d"] = psnr(bm3d[f"{image}/{noise}"])
             rows.append(row)
@@ -133,6 +138,9 @@ def main(argv=None):
         if all(key in r for r in rows):
             results[f"mean_over_{key}"] = round(float(np.mean([r["model"] - r[key] for r in rows])), 3)
             results[f"worst_over_{key}"] = round(float(np.min([r["model"] - r[key] for r in rows])), 3)
+    if args.tta and all("bm3d" in r for r in rows):
+        over = [r["tta"] - r["bm3d"] for r in rows]
+        results["tta_over_bm3d"] = {"mean": round(float(np.mean(over)), 3), "worst": round(float(np.min(over)), 3)}
     if args.bf16:
         costs = [r["model"] - r["bf16"] for r in rows]
         results["bf16_cost_db"] = {"mean": round(float(np.mean(costs)), 3), "max": round(float(np.max(costs)), 3)}
@@ -143,9 +151,10 @@ def main(argv=None):
 
 def markdown(results) -> str:
     rows = results["rows"]
-    columns = [k for k in ("noisy", "bm3d", "previous", "model", "bf16") if all(k in r for r in rows)]
+    columns = [k for k in ("noisy", "bm3d", "previous", "model", "bf16", "tta") if all(k in r for r in rows)]
     names = {"noisy": "noisy", "bm3d": "BM3D (true noise model)", "previous": "model replaced",
-             "model": results["model"], "bf16": f"{results['model']} in bfloat16"}
+             "model": results["model"], "bf16": f"{results['model']} in bfloat16",
+             "tta": f"{results['model']} with --tta"}
     lines = [f"Measured {results['date']} on {results['machine']}, CPU, PSNR in dB on 0-255 "
              f"(napari-flax-denoise {results['versions']['napari-flax-denoise']}, JAX {results['versions']['jax']}).",
              "", "| image | noise | " + " | ".join(names[c] for c in columns) + " |",
@@ -155,6 +164,10 @@ def markdown(results) -> str:
         if f"mean_over_{key}" in results:
             lines.append(f"\n{results['model']} over {names[key]}: {results[f'mean_over_{key}']:+.2f} dB on average, "
                          f"{results[f'worst_over_{key}']:+.2f} dB at worst.")
+    if "tta_over_bm3d" in results:
+        over = results["tta_over_bm3d"]
+        lines.append(f"\n{names['tta']} (8 passes: every flip and turn, averaged) over {names['bm3d']}: "
+                     f"{over['mean']:+.2f} dB on average, {over['worst']:+.2f} dB at worst.")
     if "bf16_cost_db" in results:
         cost = results["bf16_cost_db"]
         lines.append(f"\nbfloat16 (`--precision bf16`) costs {cost['mean']:.3f} dB on average, {cost['max']:.3f} dB "

@@ -56,6 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "src" / "napari_flax_denoise" / "models"
 TRAIN_IMAGES = ["moon", "brick", "grass", "gravel", "text", "page", "clock", "astronaut", "chelsea", "coffee",
                 "rocket", "hubble_deep_field", "retina", "immunohistochemistry"]
+# Two more bundled scenes for later runs (``--more-images``): a street photograph and a smooth phantom.
+MORE_IMAGES = ["stereo_motorcycle", "shepp_logan_phantom"]
 HELD_OUT = ["camera", "cell", "coins"]
 # The runs that made the shipped general-2d, each continuing the one before (``--rebuild``).
 STAGES = (dict(steps=3000), dict(steps=3000, learning_rate=5e-4),
@@ -69,8 +71,12 @@ POISSON = ((2, 1.0), (5, 1.0), (10, 2.0), (30, 2.0), (100, 3.0), (200, 4.0))  # 
 def grey(name: str) -> np.ndarray:
     """A bundled image as float64 on 0-255, greyscale, at most 512 x 512 (centre crop)."""
     image = getattr(data, name)()
+    if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity); the left view
+        image = image[0]
     if image.ndim == 3:
         image = image[..., 1] if name == "retina" else color.rgb2gray(image[..., :3]) * 255
+    elif image.dtype.kind == "f" and image.max() <= 1:  # shepp_logan_phantom: floats on 0-1
+        image = image * 255
     y, x = max((image.shape[0] - 512) // 2, 0), max((image.shape[1] - 512) // 2, 0)
     return image[y:y + 512, x:x + 512].astype(np.float64)
 
@@ -312,6 +318,10 @@ def main(argv=None):
                              "units start with zero weights out, so it starts as it was)")
     parser.add_argument("--realizations", type=int, default=1,
                         help="noisy copies of each image under each noise (own draws; twice as many for weak noise)")
+    parser.add_argument("--more-images", action="store_true",
+                        help=f"add {' and '.join(MORE_IMAGES)} to the bundled training images")
+    parser.add_argument("--noise-weighted", action="store_true",
+                        help="weigh each patch's loss by the inverse of its noise level (noise_weighted_loss)")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="add this many synthetic fluorescence-like images (scripts/volumes.py) to the data")
     parser.add_argument("--settings", type=json.loads, default={},
@@ -342,7 +352,8 @@ def main(argv=None):
         if args.settings and args.init:
             parser.error("--settings shape a new network: leave --init out")
         train_stage(args.output, args.init, args.steps, args.learning_rate, args.noise_input, args.realizations,
-                    args.synthetic, args.settings, args.features)
+                    args.synthetic, args.settings, args.features, args.more_images,
+                    args.noise_weighted)
     if args.no_evaluate:
         return None
     rows = evaluate(args.output, args.compare)
@@ -362,15 +373,18 @@ def rebuild(stages, output: Path, train_stage) -> None:
 
 
 def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, noise_input=False,
-                realizations=1, synthetic=0, settings=None, features=None) -> None:
+                realizations=1, synthetic=0, settings=None, features=None, more_images=False,
+                noise_weighted=False) -> None:
     """One training run into ``output`` (from ``init``, grown first with ``noise_input`` and / or to
     ``features``; ``realizations`` noisy copies per image and noise, ``synthetic`` fluorescence-like images
-    added; ``settings``: more config values); its ``training_record`` tells every run so far."""
+    and, with ``more_images``, :data:`MORE_IMAGES` added; ``noise_weighted``: ``noise_weighted_loss``;
+    ``settings``: more config values); its ``training_record`` tells every run so far."""
     start = training_record(init) if init else None  # read before an output may replace it
-    names = TRAIN_IMAGES + [f"synthetic-{i}" for i in range(synthetic)]
+    names = TRAIN_IMAGES + (MORE_IMAGES if more_images else []) + [f"synthetic-{i}" for i in range(synthetic)]
     with tempfile.TemporaryDirectory() as work:
         if noise_input or features:
             init = grown(init, Path(work) / "start", noise_input, features)
+        settings = {**(settings or {}), **({"noise_weighted_loss": True} if noise_weighted else {})}
         train(output, steps, Path(work), init, learning_rate, names=names, load=load_any, realizations=realizations,
               settings=settings)
     shutil.rmtree(output / "last", ignore_errors=True)  # the resume state is not shipped
@@ -378,7 +392,9 @@ def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, 
     data = ((f" (widened to {features} features first)" if features else "")
             + (f" on {realizations} noise draws per image and noise (twice as many for weak noise)"
                if realizations > 1 else "")
-            + (f" with {synthetic} synthetic fluorescence images added" if synthetic else ""))
+            + (f" with {synthetic} synthetic fluorescence images added" if synthetic else "")
+            + (f" with {' and '.join(MORE_IMAGES)} added" if more_images else "")
+            + (", each patch's loss weighed by the inverse of its noise level" if noise_weighted else ""))
     info["info"]["training_record"] = f"{start}, then {stage(info)}{data}" if start else stage(info) + data
     (output / "model.json").write_text(json.dumps(info, indent=2))
 

@@ -112,14 +112,16 @@ def test_denoise_fuses_blind_spot_models_by_default(noisy, clean, tiny_model):
 
 
 def test_denoise_fuses_a_supervised_model_where_it_smoothed_detail():
-    # The embedded model (supervised) smooths the grass and the coat's weave at weak noise. Told the noise
-    # level and trained on more noise draws, it smooths less than its blind predecessor did (error 13.8
-    # against 20.1), and fusion still takes 3% off the error (the blind one: 32%; without fusion: 0%).
+    # The embedded model (supervised) told a noise level above the truth (8 where it is 5) smooths the grass
+    # and the coat's weave; fusion gives the detail back (error 15.7 -> 13.7). At the level estimated from the
+    # image it smooths little, and fusion leaves its result about as it is (13.1 -> 13.0).
     clean = data.camera()[128:384, 128:384].astype(np.float32)
     noisy = clean + np.random.default_rng(4).normal(0, 5, clean.shape).astype(np.float32)
     error = lambda x: np.mean((x - clean) ** 2)  # noqa: E731
+    plain = denoise(noisy, "general-2d", axes="YX", fusion=False, noise_level=8)
+    assert error(denoise(noisy, "general-2d", axes="YX", noise_level=8)) < 0.95 * error(plain)
     plain = denoise(noisy, "general-2d", axes="YX", fusion=False)
-    assert error(denoise(noisy, "general-2d", axes="YX")) < 0.98 * error(plain)
+    assert error(denoise(noisy, "general-2d", axes="YX")) < 1.02 * error(plain)
 
 
 def test_fusion_does_not_worsen_a_supervised_model_under_photon_noise():

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ..runtime.arrays import array_namespace
-from .line import noise_line
+from .line import INPUT_TEXTURE_FLOOR, noise_line
 
 _CROP = {2: 128, 3: 48}  # crop edge per spatial dimension
 _CROPS_PER_AXIS = {2: 4, 3: 2}
@@ -67,9 +67,10 @@ def crop_windows(shape) -> list[tuple]:
 
 
 def estimate_line(image: np.ndarray) -> tuple[float, float]:
-    """The noise variance line ``(a, b)`` of one raw image (spatial axes only), from up to 16 crops."""
+    """The noise variance line ``(a, b)`` of one raw image (spatial axes only), from up to 16 crops: the level a
+    noise-aware network is given (its texture correction may go further than fusion's: ``INPUT_TEXTURE_FLOOR``)."""
     crops = [np.asarray(image[index], np.float64) for index in crop_windows(image.shape)]
-    return noise_line(crops, crops)
+    return noise_line(crops, crops, INPUT_TEXTURE_FLOOR)
 
 
 def features(line, offset: float, scale: float) -> tuple[float, float]:

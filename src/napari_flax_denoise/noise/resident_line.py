@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .line import _INSIDE_3_SIGMA, _TEXTURE_BLOCK, _TEXTURE_FLOOR, _TEXTURE_QUANTILE, bin_ends, white_noise_quantile
+from .line import (_INSIDE_3_SIGMA, _TEXTURE_BLOCK, _TEXTURE_FLOOR, _TEXTURE_QUANTILE, INPUT_TEXTURE_FLOOR, bin_ends,
+                   white_noise_quantile)
 
 
 def haar(crops, sign: bool):
@@ -29,11 +30,12 @@ def haar(crops, sign: bool):
     return crops
 
 
-def noise_line(noisy, reference):
-    """Noise variance line ``(a, b)`` of stacked crops ``(K, *spatial)`` and their reference, as JAX scalars."""
+def noise_line(noisy, reference, floor: float = _TEXTURE_FLOOR):
+    """Noise variance line ``(a, b)`` of stacked crops ``(K, *spatial)`` and their reference, as JAX scalars
+    (``floor``: the most the texture correction may scale it down by)."""
     detail, level = haar(noisy, sign=True), haar(reference, sign=False)
     a, b = _fitted_line(detail.ravel(), level.ravel())
-    scale = _texture_scale(detail, level, a, b)
+    scale = _texture_scale(detail, level, a, b, floor)
     return a * scale, b * scale
 
 
@@ -66,7 +68,7 @@ def _robust_variance(detail):
     return jnp.where(spread == 0, jnp.mean(detail**2), refined**2)
 
 
-def _texture_scale(detail, level, a, b):
+def _texture_scale(detail, level, a, b, floor):
     dims = detail.ndim - 1
     edge = round(_TEXTURE_BLOCK ** (1 / dims))
     if any(s < edge for s in detail.shape[1:]):
@@ -78,12 +80,13 @@ def _texture_scale(detail, level, a, b):
     blocks = ratio.reshape(shape).transpose(order).reshape(-1, edge**dims).mean(1)
     counted = blocks > 0  # blocks where the image is constant say nothing
     quantile = jnp.nanquantile(jnp.where(counted, blocks, jnp.nan), _TEXTURE_QUANTILE)
-    scale = jnp.clip(quantile / white_noise_quantile(edge**dims), _TEXTURE_FLOOR, 1.0)
+    scale = jnp.clip(quantile / white_noise_quantile(edge**dims), floor, 1.0)
     return jnp.where(counted.sum() < 10 / _TEXTURE_QUANTILE, 1.0, scale)
 
 
 @jax.jit
 def estimated_line(crops):
-    """The variance line ``(a, b)`` (a device array) of one image's stacked ``crops``, each its own reference."""
+    """The variance line ``(a, b)`` (a device array) of one image's stacked ``crops``, each its own reference:
+    the level a noise-aware network is given."""
     crops = crops.astype(jnp.float32)
-    return jnp.stack(noise_line(crops, crops))
+    return jnp.stack(noise_line(crops, crops, INPUT_TEXTURE_FLOOR))
