@@ -320,8 +320,6 @@ def main(argv=None):
                         help="noisy copies of each image under each noise (own draws; twice as many for weak noise)")
     parser.add_argument("--more-images", action="store_true",
                         help=f"add {' and '.join(MORE_IMAGES)} to the bundled training images")
-    parser.add_argument("--noise-weighted", action="store_true",
-                        help="weigh each patch's loss by the inverse of its noise level (noise_weighted_loss)")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="add this many synthetic fluorescence-like images (scripts/volumes.py) to the data")
     parser.add_argument("--settings", type=json.loads, default={},
@@ -352,8 +350,7 @@ def main(argv=None):
         if args.settings and args.init:
             parser.error("--settings shape a new network: leave --init out")
         train_stage(args.output, args.init, args.steps, args.learning_rate, args.noise_input, args.realizations,
-                    args.synthetic, args.settings, args.features, args.more_images,
-                    args.noise_weighted)
+                    args.synthetic, args.settings, args.features, args.more_images)
     if args.no_evaluate:
         return None
     rows = evaluate(args.output, args.compare)
@@ -373,18 +370,16 @@ def rebuild(stages, output: Path, train_stage) -> None:
 
 
 def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, noise_input=False,
-                realizations=1, synthetic=0, settings=None, features=None, more_images=False,
-                noise_weighted=False) -> None:
+                realizations=1, synthetic=0, settings=None, features=None, more_images=False) -> None:
     """One training run into ``output`` (from ``init``, grown first with ``noise_input`` and / or to
     ``features``; ``realizations`` noisy copies per image and noise, ``synthetic`` fluorescence-like images
-    and, with ``more_images``, :data:`MORE_IMAGES` added; ``noise_weighted``: ``noise_weighted_loss``;
-    ``settings``: more config values); its ``training_record`` tells every run so far."""
+    and, with ``more_images``, :data:`MORE_IMAGES` added; ``settings``: more config values); its
+    ``training_record`` tells every run so far."""
     start = training_record(init) if init else None  # read before an output may replace it
     names = TRAIN_IMAGES + (MORE_IMAGES if more_images else []) + [f"synthetic-{i}" for i in range(synthetic)]
     with tempfile.TemporaryDirectory() as work:
         if noise_input or features:
             init = grown(init, Path(work) / "start", noise_input, features)
-        settings = {**(settings or {}), **({"noise_weighted_loss": True} if noise_weighted else {})}
         train(output, steps, Path(work), init, learning_rate, names=names, load=load_any, realizations=realizations,
               settings=settings)
     shutil.rmtree(output / "last", ignore_errors=True)  # the resume state is not shipped
@@ -393,8 +388,7 @@ def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, 
             + (f" on {realizations} noise draws per image and noise (twice as many for weak noise)"
                if realizations > 1 else "")
             + (f" with {synthetic} synthetic fluorescence images added" if synthetic else "")
-            + (f" with {' and '.join(MORE_IMAGES)} added" if more_images else "")
-            + (", each patch's loss weighed by the inverse of its noise level" if noise_weighted else ""))
+            + (f" with {' and '.join(MORE_IMAGES)} added" if more_images else ""))
     info["info"]["training_record"] = f"{start}, then {stage(info)}{data}" if start else stage(info) + data
     (output / "model.json").write_text(json.dumps(info, indent=2))
 

@@ -73,35 +73,3 @@ def test_noise_aware_training_gives_every_patch_its_images_level(algorithm, nois
         model = train(images, axes="YX", config=config.replace(epochs=1)).model
         assert model.config.noise_input
         assert np.isfinite(denoise(noisy, model, axes="YX")).all()
-
-
-def test_a_noise_weighted_loss_counts_each_patch_by_the_inverse_of_its_noise_level():
-    from napari_flax_denoise.models.checkpoint import build_network
-    from napari_flax_denoise.noise.level import with_noise
-    from napari_flax_denoise.training.steps import loss_fn
-
-    config = Config(**TINY, algorithm="care", noise_input=True, noise_weighted_loss=True)
-    network = build_network(config)
-    rng = np.random.default_rng(0)
-    levels = np.array([0.0, 0.3], np.float32)  # a noise-free patch (weighed as the floor, 0.01) and strong noise
-    inputs = with_noise(rng.normal(0.5, 0.1, (2, 32, 32, 1)).astype(np.float32), np.stack([levels, levels], 1))
-    targets = rng.normal(0.5, 0.1, (2, 32, 32, 1)).astype(np.float32)
-    plain = config.replace(noise_weighted_loss=False)
-    each = [float(loss_fn(network, inputs[i:i + 1], targets[i:i + 1], jax.random.key(0), plain)) for i in range(2)]
-    weighted = float(loss_fn(network, inputs, targets, jax.random.key(0), config))
-    np.testing.assert_allclose(weighted, (each[0] / 0.01 + each[1] / 0.3) / (1 / 0.01 + 1 / 0.3), rtol=1e-5)
-    assert abs(weighted - np.mean(each)) > 0.01 * np.mean(each)  # not the plain mean
-
-
-def test_a_noise_weighted_loss_needs_a_noise_aware_model_and_supervision(noisy, clean, tiny_model):
-    config = Config(**TINY, noise_weighted_loss=True)  # the algorithm and noise_input may come later (flags, --init)
-    with pytest.raises(UserInputError, match="not n2v2"):
-        train([noisy], axes="YX", config=config, init=with_noise_input(tiny_model))
-    config = config.replace(algorithm="care")
-    with pytest.raises(UserInputError, match="noise-aware"):
-        train([noisy], axes="YX", targets=[clean], config=config)
-    with pytest.raises(UserInputError, match="noise-aware"):
-        train([noisy], axes="YX", targets=[clean], config=config, init=tiny_model)
-    model = train([noisy], axes="YX", targets=[clean], config=config.replace(epochs=1, steps_per_epoch=2),
-                  init=with_noise_input(tiny_model)).model
-    assert model.config.noise_weighted_loss and model.config.noise_input

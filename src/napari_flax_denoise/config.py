@@ -75,14 +75,6 @@ class Config:
         Used by ``adamw`` only.
     loss : {'mse', 'l1'}
         Loss of ``care`` and ``n2n``; blind-spot training always uses MSE.
-    noise_weighted_loss : bool
-        ``care`` and ``n2n`` with ``noise_input``: weigh each patch's loss by
-        the inverse of its noise level (the mean of its noise channels, at
-        least 0.01), so that weak and strong noise count alike. A denoiser's
-        squared error grows about in proportion to the noise's standard
-        deviation, so with a plain mean the strongest noise in a mixed
-        training set outweighs the weakest many times over; weighed, each
-        patch counts about as its PSNR does.
     mask_fraction : float
         Fraction of pixels masked per patch in blind-spot training.
     val_fraction : float
@@ -122,7 +114,6 @@ class Config:
     optimizer: str = "adam"
     weight_decay: float = 1e-4
     loss: str = "mse"
-    noise_weighted_loss: bool = False
     mask_fraction: float = 0.1
     val_fraction: float = 0.1
     patience: int = 8
@@ -141,7 +132,6 @@ class Config:
         _choice("normalization", self.normalization, ("percentile", "meanstd"))
         _choice("normalize_per_image", self.normalize_per_image, (False, True))
         _choice("noise_input", self.noise_input, (False, True))
-        _choice("noise_weighted_loss", self.noise_weighted_loss, (False, True))
         self.precision = {"bf16": "bfloat16"}.get(str(self.precision).lower(), str(self.precision).lower())
         _choice("precision", self.precision, ("float32", "bfloat16"))
         _int_range("depth", self.depth, 1, 4)

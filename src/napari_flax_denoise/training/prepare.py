@@ -61,14 +61,7 @@ def _prepare_config(config, axes, init_model, channels_in, channels_out, overrid
         arch.update(depth=base.depth, features=base.features, blurpool=base.use_blurpool,
                     residual=base.use_residual, normalize_per_image=base.normalize_per_image,
                     noise_input=base.noise_input)
-    config = config.replace(**arch)
-    if config.noise_weighted_loss and config.self_supervised:
-        raise UserInputError(f"noise_weighted_loss weighs care and n2n training by each patch's noise level, not "
-                             f"{config.algorithm}: leave it out, or train care or n2n.")
-    if config.noise_weighted_loss and not config.noise_input:
-        raise UserInputError("noise_weighted_loss weighs each patch by its noise level, which only a noise-aware "
-                             "model has: set noise_input, or fine-tune a noise-aware model such as general-2d.")
-    return config
+    return config.replace(**arch)
 
 
 def check_inputs(images, *, axes: str, targets=None, algorithm: str | None = None):

@@ -22,9 +22,6 @@ from .masking import blind_spot_mask, gather_pixels
 from ..runtime.backend import Profile, active
 
 
-NOISE_WEIGHT_FLOOR = 0.01  # noise levels (normalised) below this weigh as this: noise-free patches stay finite
-
-
 def loss_fn(network, inputs, targets, key, config: Config, profile: Profile | None = None):
     """Training loss of ``network`` on one batch.
 
@@ -45,8 +42,7 @@ def loss_fn(network, inputs, targets, key, config: Config, profile: Profile | No
     -------
     jax.Array
         Scalar loss: MSE at the masked pixels for ``n2v``/``n2v2``; MSE or L1
-        over all pixels for ``care``/``n2n`` (with ``noise_weighted_loss``,
-        each patch's mean weighed by the inverse of its noise level).
+        over all pixels for ``care``/``n2n``.
     """
     route = (profile or active()).training_forward
 
@@ -64,12 +60,7 @@ def loss_fn(network, inputs, targets, key, config: Config, profile: Profile | No
         prediction = gather_pixels(forward(network, masked), index)
         return jnp.mean((prediction - gather_pixels(image, index)) ** 2)
     error = forward(network, inputs) - targets
-    error = error**2 if config.loss == "mse" else jnp.abs(error)
-    if not config.noise_weighted_loss:
-        return jnp.mean(error)
-    spatial = tuple(range(1, inputs.ndim))
-    weights = 1 / jnp.maximum(jnp.mean(inputs[..., config.in_channels:], axis=spatial), NOISE_WEIGHT_FLOOR)
-    return jnp.sum(weights * jnp.mean(error, axis=spatial)) / jnp.sum(weights)
+    return jnp.mean(error**2) if config.loss == "mse" else jnp.mean(jnp.abs(error))
 
 
 def schedule(config: Config) -> optax.Schedule:
