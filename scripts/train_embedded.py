@@ -384,11 +384,11 @@ def train_stage(output: Path, init: str | None, steps: int, learning_rate=None, 
               settings=settings)
     shutil.rmtree(output / "last", ignore_errors=True)  # the resume state is not shipped
     info = json.loads((output / "model.json").read_text())
+    added = ([f"{synthetic} synthetic fluorescence images"] if synthetic else []) + (MORE_IMAGES if more_images else [])
     data = ((f" (widened to {features} features first)" if features else "")
             + (f" on {realizations} noise draws per image and noise (twice as many for weak noise)"
                if realizations > 1 else "")
-            + (f" with {synthetic} synthetic fluorescence images added" if synthetic else "")
-            + (f" with {' and '.join(MORE_IMAGES)} added" if more_images else ""))
+            + (f" with {' and '.join(added)} added" if added else ""))
     info["info"]["training_record"] = f"{start}, then {stage(info)}{data}" if start else stage(info) + data
     (output / "model.json").write_text(json.dumps(info, indent=2))
 
